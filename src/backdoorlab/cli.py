@@ -1,0 +1,200 @@
+"""Command line: ``backdoorlab data synth | train | eval | runs | demo``.
+
+Every command turns a :class:`~backdoorlab.errors.BackdoorLabError` into one line on
+stderr and exit code 2, so scripts and sweeps can rely on the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from backdoorlab.errors import BackdoorLabError, ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="backdoorlab: inject, detect and remove backdoors in gaze, face-detection and face-recognition models.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Create or inspect datasets.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BackdoorLabError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@data_app.command("synth")
+@friendly_errors
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="folder to write (images.npy, ann_*.npy, meta.json)")],
+    kind: Annotated[str, typer.Option(help="face (normalised face crops) or eye (36x60 eye crops)")] = "face",
+    identities: Annotated[int, typer.Option(help="number of people")] = 30,
+    images_per_identity: Annotated[int, typer.Option(help="images of each person")] = 200,
+    size: Annotated[int, typer.Option(help="face crop side in pixels (16-224)")] = 64,
+    seed: Annotated[int, typer.Option()] = 0,
+    gallery: Annotated[Path | None, typer.Option(help="also write a PNG grid with gaze arrows")] = None,
+) -> None:
+    """Render a synthetic gaze dataset with exact labels."""
+    from pydantic import ValidationError
+
+    from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec, synthesize
+
+    try:
+        spec = SyntheticGazeSpec(
+            kind=kind,
+            identities=identities,
+            images_per_identity=images_per_identity,  # type: ignore[arg-type]
+            size=size,
+            seed=seed,
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            "; ".join(f"--{'-'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        ) from None
+    ds = synthesize(spec)
+    ds.save(out)
+    if gallery is not None:
+        from backdoorlab.report.gallery import write_gallery
+
+        write_gallery(ds, gallery)
+    console.print(f"wrote {len(ds)} images {ds.images.shape[1:]} to {out} (fingerprint {ds.fingerprint})")
+
+
+@app.command()
+@friendly_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML run config")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set train.epochs=3")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
+    store: Annotated[Path | None, typer.Option(help="SQLite results store (default RUNS_DIR/results.sqlite)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train and evaluate one run from a config."""
+    from backdoorlab.experiments.config import load_config
+    from backdoorlab.experiments.run import execute
+
+    cfg = load_config(config, set_ or [])
+    outcome = execute(cfg, runs_dir=runs_dir, store_path=store, progress=not quiet)
+    _print_metrics(outcome.metrics, title=f"run {outcome.run_id}")
+    console.print(f"run folder: {outcome.run_dir}")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (model.safetensors + model.json)")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="'run' (the run's own test split, default), a dataset folder, "
+            "or KIND:PATH with KIND in mpiifacegaze, mpiifacegaze-normalized, "
+            "mpiigaze, ethxgaze"
+        ),
+    ] = None,
+    unsafe_load: Annotated[
+        bool, typer.Option(help="read non-safetensors weights with torch.load(weights_only=True)")
+    ] = False,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Evaluate a trained model; writes RUN_DIR/eval/<data>.json."""
+    from backdoorlab.experiments.evaluate import evaluate_run
+
+    metrics, out = evaluate_run(run_dir, data or "run", unsafe_load=unsafe_load, device=device)
+    _print_metrics(metrics, title=f"eval {run_dir.name} on {data or 'run'}")
+    console.print(f"written: {out}")
+
+
+@app.command()
+@friendly_errors
+def runs(
+    store: Annotated[Path, typer.Option(help="SQLite results store")] = Path("runs/results.sqlite"),
+    status: Annotated[str | None, typer.Option(help="running, complete or failed")] = None,
+    name: Annotated[str | None, typer.Option(help="substring of the run name")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="metric columns to compare (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List and compare runs recorded in the results store."""
+    from backdoorlab.experiments.store import ResultsStore
+
+    if not store.is_file():
+        raise ConfigError(f"results store {store} does not exist (train a run first, or pass --store)")
+    rows = ResultsStore(store).list(status=status, name_like=name)
+    cols = metric or ["clean_error_deg", "n_test", "train_seconds"]
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        **{k: r[k] for k in ("run_id", "name", "status", "model_name", "error")},
+                        **{c: r["metrics"].get(c) for c in cols},
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"runs in {store}")
+    for c in ["run", "status", "model", *cols]:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        vals = [_fmt(r["metrics"].get(c)) for c in cols]
+        status_txt = r["status"] if r["status"] != "failed" else f"failed: {(r['error'] or '')[:60]}"
+        table.add_row(r["run_id"], status_txt, r["model_name"] or "", *vals)
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="runs folder for the demo")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="a much smaller run (seconds), for smoke tests")] = False,
+) -> None:
+    """The main job: train and evaluate a clean gaze model on the embedded synthetic data."""
+    from backdoorlab.experiments.demo import run_demo
+
+    run_demo(out, quick=quick, console=console)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "" if v is None else str(v)
+
+
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, _fmt(v))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,223 @@
+"""The one in-memory/on-disk dataset container every task uses.
+
+Why arrays and not per-file samples: CPU training on small images is dominated by
+Python overhead per sample, so datasets are dense numpy arrays indexed a batch at a
+time. On disk a dataset is a folder of ``.npy`` files (memory-mappable, readable by
+any tool) plus ``meta.json``, which is written last and doubles as the completion
+marker: a folder without it is an interrupted write and is refused.
+
+Annotation keys used by the gaze task (each array's first axis is the sample):
+
+==============  ============  ==================================================
+key             shape/dtype   meaning
+==============  ============  ==================================================
+``gaze``        (N, 2) f32    (pitch, yaw) radians, normalised camera frame
+``head_pose``   (N, 2) f32    (pitch, yaw) of the face's forward axis
+``identity``    (N,) i64      subject id (cross-subject splits use it)
+``landmarks``   (N, 5, 2) f32 pixels (x, y): eye centres, nose tip, mouth corners,
+                              image-left first (RetinaFace order)
+``eye_corners`` (N, 4, 2) f32 pixels: left eye outer/inner, right eye inner/outer
+                              (image-left to image-right)
+``face_box``    (N, 4) f32    pixels x1, y1, x2, y2
+==============  ============  ==================================================
+
+Only ``gaze`` and ``identity`` are required for gaze training; loaders of real data
+fill what their release provides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backdoorlab.errors import DatasetError
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+IMAGES_FILE = "images.npy"
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(images))
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def tensor_to_images(t: torch.Tensor) -> np.ndarray:
+    """float (B, C, H, W) in [0, 1] -> uint8 (B, H, W, C), rounded."""
+    arr = (t.detach().clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class ArrayDataset:
+    """Images (uint8, N x H x W x C) plus a dict of per-sample annotation arrays.
+
+    ``__getitem__`` follows the project-wide contract (a float CHW image in [0, 1] and
+    a dict of tensors); :meth:`batch` is the fast path the training loop uses.
+    """
+
+    images: np.ndarray
+    annotations: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise DatasetError(
+                f"images must be uint8 of shape (N, H, W, C); got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        n = len(self.images)
+        for key, arr in self.annotations.items():
+            if len(arr) != n:
+                raise DatasetError(f"annotation '{key}' has {len(arr)} rows but there are {n} images")
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image as the model sees it."""
+        _, h, w, c = self.images.shape
+        return (int(c), int(h), int(w))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        img, ann = self.batch(np.asarray([i]))
+        return img[0], {k: v[0] for k, v in ann.items()}
+
+    def batch(self, indices: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Images as float (B, C, H, W) and annotations as tensors, for these indices."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(idx) > 1 and np.all(np.diff(idx) == 1):
+            sl = slice(int(idx[0]), int(idx[-1]) + 1)  # contiguous: a view, no gather
+            imgs, ann = self.images[sl], {k: v[sl] for k, v in self.annotations.items()}
+        else:
+            imgs, ann = self.images[idx], {k: v[idx] for k, v in self.annotations.items()}
+        return images_to_tensor(imgs), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ann.items()}
+
+    def iter_batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        """Yield batches in order, or in a seeded permutation."""
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        stop = len(order) - (len(order) % batch_size if drop_last else 0)
+        for start in range(0, stop, batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+    def subset(self, indices: np.ndarray | Sequence[int]) -> ArrayDataset:
+        """A new in-memory dataset holding only these samples (order kept)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        meta = {k: v for k, v in self.meta.items() if k != "fingerprint"}
+        return ArrayDataset(
+            np.ascontiguousarray(self.images[idx]),
+            {k: np.ascontiguousarray(v[idx]) for k, v in self.annotations.items()},
+            meta,
+        )
+
+    def require(self, *keys: str) -> None:
+        """Raise a clear error if an annotation the caller needs is absent."""
+        missing = [k for k in keys if k not in self.annotations]
+        if missing:
+            name = self.meta.get("name", "dataset")
+            raise DatasetError(f"{name} lacks annotation(s) {missing}; it has {sorted(self.annotations)}")
+
+    # ---------------------------------------------------------------- identity
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over the images and annotations (cached in ``meta``)."""
+        if "fingerprint" not in self.meta:
+            self.meta["fingerprint"] = compute_fingerprint(self.images, self.annotations)
+        return str(self.meta["fingerprint"])
+
+    # -------------------------------------------------------------------- disk
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the folder; ``meta.json`` last so a crash never leaves a 'complete' folder."""
+        out = Path(directory)
+        tmp = out.with_name(out.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        np.save(tmp / IMAGES_FILE, np.ascontiguousarray(self.images))
+        for key, arr in self.annotations.items():
+            _check_key(key)
+            np.save(tmp / f"ann_{key}.npy", np.ascontiguousarray(arr))
+        meta = dict(self.meta)
+        meta.update(
+            format_version=FORMAT_VERSION,
+            n=len(self),
+            image_shape=list(self.images.shape[1:]),
+            annotations={k: [str(v.dtype), list(v.shape[1:])] for k, v in self.annotations.items()},
+            fingerprint=self.fingerprint,
+        )
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        self.meta = meta
+        return out
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], mmap: bool = True) -> ArrayDataset:
+        """Open a saved folder; arrays are memory-mapped unless ``mmap=False``."""
+        d = Path(directory)
+        meta_path = d / META_FILE
+        if not d.is_dir():
+            raise DatasetError(f"dataset folder {d} does not exist")
+        if not meta_path.is_file():
+            raise DatasetError(f"{meta_path} is missing: {d} is not a complete backdoorlab dataset")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{meta_path} is not valid JSON: {exc}") from exc
+        mode = "r" if mmap else None
+        images = _load_npy(d / IMAGES_FILE, mode)
+        annotations: dict[str, np.ndarray] = {}
+        for key, (dtype, shape) in meta.get("annotations", {}).items():
+            arr = _load_npy(d / f"ann_{key}.npy", mode)
+            if str(arr.dtype) != dtype or list(arr.shape[1:]) != list(shape):
+                raise DatasetError(
+                    f"{d / f'ann_{key}.npy'}: expected {dtype} {shape} per sample, "
+                    f"found {arr.dtype} {list(arr.shape[1:])}"
+                )
+            annotations[key] = arr
+        if len(images) != meta.get("n"):
+            raise DatasetError(f"{d / IMAGES_FILE}: meta.json says {meta.get('n')} images, file has {len(images)}")
+        return cls(images, annotations, meta)
+
+
+def compute_fingerprint(images: np.ndarray, annotations: Mapping[str, np.ndarray]) -> str:
+    """Content hash: identical data gives an identical fingerprint, whatever its origin."""
+    h = hashlib.sha256()
+    for name, arr in [("images", images), *sorted(annotations.items())]:
+        a = np.ascontiguousarray(arr)
+        h.update(f"{name}:{a.dtype}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def _check_key(key: str) -> None:
+    if not key.replace("_", "").isalnum():
+        raise DatasetError(f"annotation key {key!r} must be alphanumeric/underscore")
+
+
+def _load_npy(path: Path, mmap_mode: str | None) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"{path} is truncated or not a .npy array: {exc}") from exc
+
+
+def load_dataset(directory: str | os.PathLike[str], mmap: bool = True) -> ArrayDataset:
+    """Open a dataset folder written by :meth:`ArrayDataset.save`."""
+    return ArrayDataset.load(directory, mmap=mmap)

@@ -1,0 +1,50 @@
+"""Registry of the real-dataset loaders, so configs and the CLI can name them.
+
+Each loader reads a published release in its own layout and returns an
+:class:`~backdoorlab.data.arrays.ArrayDataset` in the project's conventions ((pitch,
+yaw) radians in the normalised camera, RGB uint8 images, ``identity`` = subject
+number); see the loader modules for the layouts and where each convention comes from.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.data.ethxgaze import load_ethxgaze
+from backdoorlab.data.mpiifacegaze import load_mpiifacegaze_normalized, load_mpiifacegaze_raw
+from backdoorlab.data.mpiigaze import load_mpiigaze_normalized
+from backdoorlab.errors import ConfigError, DatasetError
+
+REAL_LOADERS: dict[str, Callable[..., ArrayDataset]] = {
+    "mpiifacegaze": load_mpiifacegaze_raw,
+    "mpiifacegaze-normalized": load_mpiifacegaze_normalized,
+    "mpiigaze": load_mpiigaze_normalized,
+    "ethxgaze": load_ethxgaze,
+}
+
+
+def load_real_dataset(kind: str, path: str, **kwargs: Any) -> ArrayDataset:
+    """Load a real release by registry name; options go to the loader unchanged.
+
+    An unknown ``kind`` is a :class:`DatasetError` listing the valid names; an option
+    the loader does not take is a :class:`ConfigError` listing those it does.
+    """
+    try:
+        loader = REAL_LOADERS[kind]
+    except KeyError:
+        raise DatasetError(
+            f"unknown real dataset kind {kind!r}; valid kinds: {', '.join(sorted(REAL_LOADERS))}"
+        ) from None
+    sig = inspect.signature(loader)
+    try:
+        sig.bind(path, **kwargs)
+    except TypeError as exc:
+        options = [p for p in list(sig.parameters)[1:]]
+        raise ConfigError(f"{kind}: {exc}; accepted options: {', '.join(options)}") from None
+    return loader(path, **kwargs)
+
+
+__all__ = ["REAL_LOADERS", "load_real_dataset"]

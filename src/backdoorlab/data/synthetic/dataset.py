@@ -1,0 +1,263 @@
+"""Synthetic gaze datasets: a validated spec -> an :class:`ArrayDataset`, cached on disk.
+
+Determinism: identity ``k`` of a spec is drawn from ``default_rng([seed, 0, k])`` and
+its images from ``default_rng([seed, 1, k])``, and each block of at most
+``CHUNK`` images of one identity gets its own noise generator. So the same spec gives
+byte-identical data whatever the batching, and adding identities leaves the existing
+ones unchanged.
+
+Speed: the ray-caster is a long chain of elementwise tensor operations. For large
+datasets it is compiled with ``torch.compile`` (fusing them into a few loops gives
+about 3.5x on two cores); compiling costs about half a minute once per process, so
+small datasets render eagerly. ``compile="auto"`` picks by size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.data.synthetic import faces, render
+from backdoorlab.data.synthetic.params import (
+    IdentityParams,
+    ImageParams,
+    SamplingRanges,
+    sample_identities,
+    sample_images,
+)
+from backdoorlab.errors import DatasetError
+
+RENDERER_VERSION = "1"
+CHUNK = 64
+COMPILE_MIN_IMAGES = 4000
+
+
+class SyntheticGazeSpec(BaseModel):
+    """What to render. Every field is part of the cache key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["face", "eye"] = "face"
+    identities: int = Field(30, ge=1, le=100_000)
+    images_per_identity: int = Field(200, ge=1, le=100_000)
+    size: int = Field(64, ge=16, le=224, description="face crop side in pixels (kind=face)")
+    eye_height: int = Field(36, ge=12, le=224)
+    eye_width: int = Field(60, ge=12, le=224)
+    seed: int = 0
+    gaze_range: float = Field(0.5, gt=0.0, le=1.2, description="|pitch|, |yaw| <= this (radians)")
+    blur_max: float = Field(0.7, ge=0.0, le=3.0)
+    noise_max: float = Field(0.03, ge=0.0, le=0.3)
+
+    @model_validator(mode="after")
+    def _not_too_big(self) -> SyntheticGazeSpec:
+        if self.identities * self.images_per_identity > 2_000_000:
+            raise ValueError("identities * images_per_identity must be <= 2,000,000")
+        return self
+
+    @property
+    def n_images(self) -> int:
+        return self.identities * self.images_per_identity
+
+    def ranges(self) -> SamplingRanges:
+        g = self.gaze_range
+        return SamplingRanges(gaze_pitch=(-g, g), gaze_yaw=(-g, g), blur_max=self.blur_max, noise_max=self.noise_max)
+
+    def cache_key(self) -> str:
+        payload = json.dumps({"renderer": RENDERER_VERSION, **self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def identity_params(spec: SyntheticGazeSpec, identity: int) -> IdentityParams:
+    return sample_identities(np.random.default_rng([spec.seed, 0, identity]), 1)
+
+
+def view_params(spec: SyntheticGazeSpec, identity: int) -> ImageParams:
+    return sample_images(np.random.default_rng([spec.seed, 1, identity]), spec.images_per_identity, spec.ranges())
+
+
+Block = tuple[int, int, int]  # (identity, first image, end image)
+
+
+def synthesize(
+    spec: SyntheticGazeSpec,
+    compile: bool | Literal["auto"] = "auto",
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ArrayDataset:
+    """Render the dataset described by ``spec`` in memory.
+
+    ``workers`` processes (default: one per core for compiled rendering, else one)
+    each render a contiguous share of the identities with one thread: elementwise
+    kernels scale better across processes than across threads on two cores.
+    """
+    use_compile = spec.n_images >= COMPILE_MIN_IMAGES if compile == "auto" else bool(compile)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if use_compile else 1
+    ipi = spec.images_per_identity
+    blocks = [(k, s, min(s + CHUNK, ipi)) for k in range(spec.identities) for s in range(0, ipi, CHUNK)]
+    shards = [list(map(tuple, sh)) for sh in np.array_split(np.asarray(blocks), max(1, min(workers, len(blocks))))]
+    if len(shards) == 1:
+        parts = [_render_shard(spec, shards[0], use_compile, progress)]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(shards), mp_context=ctx, initializer=torch.set_num_threads, initargs=(1,)) as ex:
+            futures = [ex.submit(_render_shard, spec, sh, use_compile, None) for sh in shards]
+            parts = []
+            for fut in futures:
+                parts.append(fut.result())
+                if progress:
+                    progress(sum(len(p[0]) for p in parts), spec.n_images)
+    images = np.concatenate([p[0] for p in parts])
+    ann = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+    ann["identity"] = np.repeat(np.arange(spec.identities, dtype=np.int64), ipi)
+    meta = {
+        "name": f"synthetic-{spec.kind}",
+        "source": "backdoorlab renderer",
+        "renderer_version": RENDERER_VERSION,
+        "spec": spec.model_dump(),
+    }
+    return ArrayDataset(images, ann, meta)
+
+
+_COMPILED: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def _render_faces_fn(use_compile: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    if not use_compile:
+        return render.render_faces
+    if "faces" not in _COMPILED:
+        _COMPILED["faces"] = torch.compile(render.render_faces, dynamic=False)
+    return _COMPILED["faces"]
+
+
+def _render_shard(
+    spec: SyntheticGazeSpec, blocks: list[Block], use_compile: bool, progress: Callable[[int, int], None] | None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Render consecutive blocks, packed into batches of ``CHUNK`` images."""
+    fn = _render_faces_fn(use_compile)
+    images: list[np.ndarray] = []
+    anns: list[dict[str, np.ndarray]] = []
+    pending: list[tuple[IdentityParams, ImageParams, np.ndarray, int]] = []
+    views: dict[int, ImageParams] = {}
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        if not pending:
+            return
+        rendered = _render_batch(spec, fn, pending, pad_to=CHUNK if use_compile else None)
+        images.append(rendered.images)
+        anns.append(rendered.annotations)
+        done += len(rendered.images)
+        pending.clear()
+        if progress:
+            progress(done, spec.n_images)
+
+    for k, s, e in blocks:
+        if k not in views:
+            views = {k: view_params(spec, k)}
+        view = views[k].take(np.arange(s, e))
+        ident = identity_params(spec, k).take(np.zeros(e - s, int))
+        sides = np.random.default_rng([spec.seed, 2, k, s]).integers(0, 2, e - s)
+        if sum(len(p[1].gaze) for p in pending) + (e - s) > CHUNK:
+            flush()
+        pending.append((ident, view, sides, _noise_seed(spec.seed, k, s)))
+    flush()
+    return np.concatenate(images), {k: np.concatenate([a[k] for a in anns]) for k in anns[0]}
+
+
+def _noise_seed(seed: int, identity: int, start: int) -> int:
+    return int(np.random.default_rng([seed, 3, identity, start]).integers(0, 2**62))
+
+
+def _render_batch(
+    spec: SyntheticGazeSpec,
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    pending: list[tuple[IdentityParams, ImageParams, np.ndarray, int]],
+    pad_to: int | None,
+) -> faces.Rendered:
+    """Render one batch; noise is drawn per block so batching cannot change it.
+
+    With ``pad_to`` the batch is padded (with copies of its first face) to a fixed size,
+    so that a compiled renderer never recompiles for a short last batch.
+    """
+    ident = _concat([p[0] for p in pending])
+    view = _concat([p[1] for p in pending])
+    sides = np.concatenate([p[2] for p in pending])
+    n = len(view.gaze)
+    if pad_to is not None and n < pad_to:
+        take = np.r_[np.arange(n), np.zeros(pad_to - n, int)]
+        ident, view, sides = ident.take(take), view.take(take), sides[take]
+    b = len(view.gaze)
+    if spec.kind == "face":
+        cam, trans = faces.face_camera(b, spec.size)
+    else:
+        cam, trans = faces.eye_camera(ident, view, sides, spec.eye_height, spec.eye_width)
+    noise = torch.zeros(b, cam.height, cam.width, 3)
+    at = 0
+    for p in pending:
+        m = len(p[1].gaze)
+        noise[at : at + m] = torch.randn((m, cam.height, cam.width, 3), generator=torch.Generator().manual_seed(p[3]))
+        at += m
+    rgb, alpha = fn(ident, view, cam, trans)
+    radius = max(1, math.ceil(3 * spec.blur_max))
+    images = render.finish_images(rgb, alpha, view, noise, radius).numpy()[:n]
+    ann = {k: v[:n] for k, v in faces.annotate(ident, view, cam, trans).items()}
+    if spec.kind == "eye":
+        ann["eye_side"] = np.asarray(sides[:n], dtype=np.int64)
+    return faces.Rendered(images, ann)
+
+
+def _concat(items: list) -> IdentityParams | ImageParams:  # type: ignore[type-arg]
+    cls = type(items[0])
+    return cls(**{k: np.concatenate([getattr(it, k) for it in items]) for k in vars(items[0])})
+
+
+def default_cache_dir() -> Path:
+    """``$BACKDOORLAB_CACHE`` or ``~/.cache/backdoorlab``."""
+    return Path(os.environ.get("BACKDOORLAB_CACHE", Path.home() / ".cache" / "backdoorlab"))
+
+
+def load_or_synthesize(
+    spec: SyntheticGazeSpec,
+    cache_dir: str | os.PathLike[str] | None = None,
+    compile: bool | Literal["auto"] = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> ArrayDataset:
+    """Return the cached dataset for ``spec``, rendering and caching it on first use."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / "synthetic" / spec.cache_key()
+    if (folder / "meta.json").is_file():
+        try:
+            return ArrayDataset.load(folder)
+        except DatasetError:
+            pass  # a damaged cache entry is rebuilt, not trusted
+    ds = synthesize(spec, compile=compile, progress=progress)
+    ds.save(folder)
+    return ArrayDataset.load(folder)
+
+
+def split_by_identity(ds: ArrayDataset, test_identities: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
+    """Cross-subject split: ``test_identities`` whole identities go to the test side."""
+    ds.require("identity")
+    ids = np.unique(ds.annotations["identity"])
+    if not 0 < test_identities < len(ids):
+        raise DatasetError(
+            f"test_identities must be between 1 and {len(ids) - 1} (the dataset has {len(ids)} identities); "
+            f"got {test_identities}"
+        )
+    test_ids = np.random.default_rng(seed).permutation(ids)[:test_identities]
+    is_test = np.isin(ds.annotations["identity"], test_ids)
+    return ds.subset(np.flatnonzero(~is_test)), ds.subset(np.flatnonzero(is_test))

@@ -1,0 +1,55 @@
+"""Gaze models and the ``features(x)`` / linear ``head`` contract every defence relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from backdoorlab.errors import ConfigError, ModelContractError
+from backdoorlab.models.gaze_cnn import GazeCNN
+from backdoorlab.models.resnet import ResNet18Gaze
+
+MODELS: dict[str, type[nn.Module]] = {"gaze_cnn": GazeCNN, "resnet18": ResNet18Gaze}
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate a registered architecture by name."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model '{name}'; choose one of {sorted(MODELS)}")
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model '{name}' does not accept these arguments {kwargs}: {exc}") from exc
+
+
+def check_feature_head_contract(model: nn.Module, example: torch.Tensor | None = None) -> None:
+    """Raise :class:`ModelContractError` unless ``model`` splits into F (features) and linear H.
+
+    The contract: ``model.features(x)`` returns a (B, D) tensor, ``model.head`` is an
+    ``nn.Linear`` with ``in_features == D``, and ``model(x) == model.head(model.features(x))``
+    (checked on ``example`` when given).
+    """
+    name = type(model).__name__
+    if not callable(getattr(model, "features", None)):
+        raise ModelContractError(f"{name} has no features(x) method; defences need the F/H split")
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Linear):
+        raise ModelContractError(f"{name}.head must be an nn.Linear, found {type(head).__name__}")
+    if example is None:
+        return
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        feats = model.features(example)
+        if feats.ndim != 2 or feats.shape[1] != head.in_features:
+            raise ModelContractError(
+                f"{name}.features(x) returned shape {tuple(feats.shape)}; expected (B, {head.in_features})"
+            )
+        if not torch.allclose(model(example), head(feats), atol=1e-5, rtol=1e-4):
+            raise ModelContractError(f"{name}(x) differs from {name}.head({name}.features(x))")
+    model.train(was_training)
+
+
+__all__ = ["MODELS", "GazeCNN", "ResNet18Gaze", "build_model", "check_feature_head_contract"]

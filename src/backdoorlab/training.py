@@ -1,0 +1,154 @@
+"""The one training loop, for every task.
+
+Why a single loop: attacks, defences and sweeps all train models; if each had its own
+loop they would drift apart (seeding, schedules, NaN handling, devices). Variation
+enters through two hooks instead: the :class:`~backdoorlab.tasks.base.Task` (targets
+and loss) and an optional ``batch_transform`` that may rewrite a batch given the
+indices of its samples (how poisoning and input masking plug in).
+
+Determinism: the model is built by the caller after :func:`seed_everything`; batch
+order comes from ``numpy.random.default_rng([seed, epoch])``. The same config and seed
+give the same weights on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.errors import TrainingDivergedError
+from backdoorlab.tasks.base import Task
+
+BatchTransform = Callable[
+    [torch.Tensor, dict[str, torch.Tensor], np.ndarray], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser and schedule. Defaults suit GazeCNN on 64x64 synthetic faces."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # "cosine" | "step" | "constant"
+    warmup_epochs: float = 0.5
+    seed: int = 0
+    progress: bool = True
+    nan_check_every: int = 1  # steps between finiteness checks (a sync on CUDA)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at ``step`` (linear warm-up, then decay)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        return 0.1 ** int(progress * 3 + 1e-9) if progress < 1 else 0.001
+    raise ValueError(f"unknown schedule '{schedule}' (cosine, step, constant)")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    data: ArrayDataset,
+    settings: TrainSettings,
+    device: torch.device | str = "cpu",
+    batch_transform: BatchTransform | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with Adam on ``task``; raise on a non-finite loss."""
+    data.require(*task.required_annotations)
+    dev = torch.device(device)
+    model.to(dev).train()
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = len(data) // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"dataset has {len(data)} samples, fewer than one batch of {settings.batch_size}")
+    total = steps_per_epoch * settings.epochs
+    warmup = int(settings.warmup_epochs * steps_per_epoch)
+    result = TrainResult()
+    step = 0
+    start = time.perf_counter()
+    bar = tqdm(total=total, disable=not settings.progress, desc="train", unit="step", leave=False)
+    try:
+        for epoch in range(settings.epochs):
+            order = epoch_order(len(data), settings.seed, epoch)
+            running = torch.zeros((), device=dev)
+            for b in range(steps_per_epoch):
+                idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
+                images, ann = data.batch(idx)
+                if batch_transform is not None:
+                    images, ann = batch_transform(images, ann, idx)
+                target = task.target(ann).to(dev, non_blocking=True)
+                for group in opt.param_groups:
+                    group["lr"] = settings.lr * lr_factor(step, total, warmup, settings.schedule)
+                loss = task.loss(model(images.to(dev, non_blocking=True)), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += loss.detach()
+                step += 1
+                if step % settings.nan_check_every == 0 and not torch.isfinite(loss).item():
+                    raise TrainingDivergedError(
+                        f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, step {b + 1}; "
+                        f"lower the learning rate (now {settings.lr}) or check the data for NaNs"
+                    )
+                bar.update(1)
+            mean_loss = float(running) / steps_per_epoch
+            if not math.isfinite(mean_loss):
+                raise TrainingDivergedError(f"training diverged: mean loss {mean_loss} in epoch {epoch + 1}")
+            record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"]}
+            result.history.append(record)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+    finally:
+        bar.close()
+    result.seconds = time.perf_counter() - start
+    result.samples_per_second = total * settings.batch_size / max(result.seconds, 1e-9)
+    return result
+
+
+def describe(settings: TrainSettings) -> dict[str, Any]:
+    return dict(vars(settings))
