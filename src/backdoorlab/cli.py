@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from backdoorlab.errors import BackdoorLabError, ConfigError
@@ -38,7 +39,8 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BackdoorLabError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            # the message is plain text: paths and reprs may hold '[...]', which markup would eat
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -78,6 +80,27 @@ def data_synth(
         from backdoorlab.report.gallery import write_gallery
 
         write_gallery(ds, gallery)
+    console.print(f"wrote {len(ds)} images {ds.images.shape[1:]} to {out} (fingerprint {ds.fingerprint})")
+
+
+@data_app.command("convert")
+@friendly_errors
+def data_convert(
+    kind: Annotated[str, typer.Argument(help="mpiifacegaze, mpiifacegaze-normalized, mpiigaze or ethxgaze")],
+    source: Annotated[Path, typer.Argument(help="root folder (or file) of the published release")],
+    out: Annotated[Path, typer.Argument(help="folder to write in backdoorlab's format")],
+    option: Annotated[list[str] | None, typer.Option(help="loader option KEY=VALUE, e.g. size=64 (repeatable)")] = None,
+) -> None:
+    """Convert a real gaze dataset to a backdoorlab dataset folder (our conventions)."""
+    from backdoorlab.data.real import load_real_dataset
+    from backdoorlab.experiments.config import parse_override
+
+    kwargs: dict[str, Any] = {}
+    for text in option or []:
+        keys, value = parse_override(text)
+        kwargs[".".join(keys)] = value
+    ds = load_real_dataset(kind, str(source), **kwargs)
+    ds.save(out)
     console.print(f"wrote {len(ds)} images {ds.images.shape[1:]} to {out} (fingerprint {ds.fingerprint})")
 
 

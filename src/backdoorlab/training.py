@@ -70,8 +70,13 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+SCHEDULES = ("cosine", "step", "constant")
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the base learning rate at ``step`` (linear warm-up, then decay)."""
+    if schedule not in SCHEDULES:  # checked first, so a typo fails at step 0, not after warm-up
+        raise ValueError(f"unknown schedule '{schedule}' (cosine, step, constant)")
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -79,9 +84,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if schedule == "step":
-        return 0.1 ** int(progress * 3 + 1e-9) if progress < 1 else 0.001
-    raise ValueError(f"unknown schedule '{schedule}' (cosine, step, constant)")
+    return 0.1 ** int(progress * 3 + 1e-9) if progress < 1 else 0.001  # "step"
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

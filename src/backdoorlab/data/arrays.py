@@ -48,7 +48,10 @@ IMAGES_FILE = "images.npy"
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, C) -> float32 (B, C, H, W) in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images))
+    arr = np.ascontiguousarray(images)
+    if not arr.flags.writeable:  # a read-only memory map: torch warns on wrapping it
+        arr = arr.copy()
+    t = torch.from_numpy(arr)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 
@@ -99,7 +102,9 @@ class ArrayDataset:
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) > 1 and np.all(np.diff(idx) == 1):
             sl = slice(int(idx[0]), int(idx[-1]) + 1)  # contiguous: a view, no gather
-            imgs, ann = self.images[sl], {k: v[sl] for k, v in self.annotations.items()}
+            # labels are copied: a batch edited in place (poisoning) must not write into
+            # the dataset, or crash on a read-only memory map
+            imgs, ann = self.images[sl], {k: np.array(v[sl]) for k, v in self.annotations.items()}
         else:
             imgs, ann = self.images[idx], {k: v[idx] for k, v in self.annotations.items()}
         return images_to_tensor(imgs), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ann.items()}

@@ -36,6 +36,7 @@ from backdoorlab.experiments.config import RunConfig
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.models import build_model, check_feature_head_contract
 from backdoorlab.models.checkpoint import save_checkpoint
+from backdoorlab.report.gallery import gaze_arrow_origins
 from backdoorlab.report.gaze_report import write_gaze_report
 from backdoorlab.tasks import TASKS
 from backdoorlab.tasks.base import Task, predict
@@ -175,13 +176,6 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     return metrics
 
 
-def gaze_origins(ds: ArrayDataset, idx: np.ndarray) -> np.ndarray | None:
-    """Arrow origins: the midpoint of the two eye centres when landmarks are known."""
-    if "landmarks" in ds.annotations:
-        return np.asarray(ds.annotations["landmarks"][idx, :2].mean(1), np.float32)
-    return None
-
-
 def write_run_report(
     cfg: RunConfig, path: Path, test_ds: ArrayDataset, preds: np.ndarray, metrics: dict[str, Any], task: Task
 ) -> Path:
@@ -199,7 +193,7 @@ def write_run_report(
         sample_images=np.asarray(test_ds.images[idx]),
         sample_true=np.asarray(test_ds.annotations["gaze"][idx]),
         sample_pred=preds[idx],
-        sample_origins=gaze_origins(test_ds, idx),
+        sample_origins=gaze_arrow_origins(test_ds, idx),
         config_text=cfg.to_yaml(),
     )
 

@@ -41,15 +41,17 @@ def check_feature_head_contract(model: nn.Module, example: torch.Tensor | None =
         return
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        feats = model.features(example)
-        if feats.ndim != 2 or feats.shape[1] != head.in_features:
-            raise ModelContractError(
-                f"{name}.features(x) returned shape {tuple(feats.shape)}; expected (B, {head.in_features})"
-            )
-        if not torch.allclose(model(example), head(feats), atol=1e-5, rtol=1e-4):
-            raise ModelContractError(f"{name}(x) differs from {name}.head({name}.features(x))")
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            feats = model.features(example)
+            if feats.ndim != 2 or feats.shape[1] != head.in_features:
+                raise ModelContractError(
+                    f"{name}.features(x) returned shape {tuple(feats.shape)}; expected (B, {head.in_features})"
+                )
+            if not torch.allclose(model(example), head(feats), atol=1e-5, rtol=1e-4):
+                raise ModelContractError(f"{name}(x) differs from {name}.head({name}.features(x))")
+    finally:
+        model.train(was_training)
 
 
 __all__ = ["MODELS", "GazeCNN", "ResNet18Gaze", "build_model", "check_feature_head_contract"]

@@ -78,7 +78,9 @@ def read_state_dict(path: str | os.PathLike[str], unsafe: bool = False) -> dict[
             "torch.load(weights_only=True)."
         )
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        # a file object, not the path: torch.load hands any path ending in .safetensors to safetensors
+        with p.open("rb") as fh:
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
         raise CheckpointError(f"{p} could not be read even with torch.load(weights_only=True): {exc}") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -103,6 +105,13 @@ def read_card(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{p} is not valid JSON: {exc}") from exc
     if not isinstance(card, dict) or "architecture" not in card:
         raise CheckpointError(f"{p} has no 'architecture' entry")
+    arch = card["architecture"]
+    if (
+        not isinstance(arch, dict)
+        or not isinstance(arch.get("name"), str)
+        or not isinstance(arch.get("kwargs", {}), dict)
+    ):
+        raise CheckpointError(f"{p}: 'architecture' must be {{'name': str, 'kwargs': {{...}}}}, got {arch!r}")
     return card
 
 

@@ -12,14 +12,23 @@ from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.report.draw import TRUE_COLOUR, draw_gaze_arrows, image_grid
 
 
+def gaze_arrow_origins(ds: ArrayDataset, idx: np.ndarray) -> np.ndarray | None:
+    """Where gaze arrows start: between the eyes on face crops, the centre otherwise.
+
+    Eye crops (``eye_side`` present) carry landmarks of the whole face in the eye
+    camera's pixels, whose eye midpoint lies outside the crop, so they use the centre.
+    """
+    if "landmarks" in ds.annotations and "eye_side" not in ds.annotations:
+        return np.asarray(ds.annotations["landmarks"][idx, :2].mean(1), np.float32)
+    return None
+
+
 def gallery_image(ds: ArrayDataset, n: int = 24, ncols: int = 8, scale: int = 3, seed: int = 0) -> np.ndarray:
     """Pick ``n`` images spread over identities; arrows start between the eyes."""
     ds.require("gaze")
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(ds), size=min(n, len(ds)), replace=False))
-    origins = None
-    if "landmarks" in ds.annotations:
-        origins = np.asarray(ds.annotations["landmarks"][idx, :2].mean(1), np.float32)
+    origins = gaze_arrow_origins(ds, idx)
     drawn = draw_gaze_arrows(
         np.asarray(ds.images[idx]),
         [(np.asarray(ds.annotations["gaze"][idx]), TRUE_COLOUR)],

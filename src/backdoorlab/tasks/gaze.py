@@ -27,9 +27,11 @@ class GazeTask(Task):
 
     def errors(self, predictions: np.ndarray, dataset: ArrayDataset) -> np.ndarray:
         dataset.require("gaze")
-        return np.asarray(
-            angular_error_deg(np.asarray(predictions, np.float64), np.asarray(dataset.annotations["gaze"], np.float64))
-        )
+        pred = np.asarray(predictions, np.float64)
+        true = np.asarray(dataset.annotations["gaze"], np.float64)
+        if pred.shape != true.shape:  # numpy would broadcast e.g. (1, 2) against (N, 2) silently
+            raise ValueError(f"predictions have shape {pred.shape}; the dataset's gaze labels have {true.shape}")
+        return np.asarray(angular_error_deg(pred, true))
 
     def evaluate(self, predictions: np.ndarray, dataset: ArrayDataset) -> dict[str, Any]:
         err = self.errors(predictions, dataset)

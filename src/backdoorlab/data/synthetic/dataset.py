@@ -211,7 +211,10 @@ def _render_batch(
         m = len(p[1].gaze)
         noise[at : at + m] = torch.randn((m, cam.height, cam.width, 3), generator=torch.Generator().manual_seed(p[3]))
         at += m
-    rgb, alpha = fn(ident, view, cam, trans)
+    # quantised down (a slightly larger eye window is harmless) so that a compiled
+    # renderer sees the same constant batch after batch
+    px_min = math.floor(float((trans.norm(dim=-1) / cam.focal).min()) * 20) / 20
+    rgb, alpha = fn(ident, view, cam, trans, px_min=px_min)
     radius = max(1, math.ceil(3 * spec.blur_max))
     images = render.finish_images(rgb, alpha, view, noise, radius).numpy()[:n]
     ann = {k: v[:n] for k, v in faces.annotate(ident, view, cam, trans).items()}

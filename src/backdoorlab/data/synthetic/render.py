@@ -136,16 +136,58 @@ def head_geometry(ident: IdentityParams) -> dict[str, Tensor]:
     }
 
 
+def _rays(u: Tensor, v: Tensor, camera: Camera, to_head: Tensor) -> Tensor:
+    """Unit ray directions in the head frame through pixel positions (B, N) -> (B, N, 3)."""
+    pix = torch.stack(
+        [
+            (u - camera.cx[:, None]) / camera.focal[:, None],
+            (v - camera.cy[:, None]) / camera.focal[:, None],
+            torch.ones_like(u),
+        ],
+        -1,
+    )
+    pix = pix / pix.norm(dim=-1, keepdim=True)
+    return pix @ to_head.transpose(1, 2)
+
+
+# Largest half extent (mm) of an eye opening around its centre, from the parameter
+# ranges (eye width <= 31 mm, lids open <= ~11 mm, roll tilts the box a little).
+EYE_HALF_WIDTH_MM = 19.0
+EYE_HALF_HEIGHT_MM = 15.0
+
+
+def _eye_window(
+    centre_head: Tensor, rot: Tensor, translation: Tensor, camera: Camera, px_min: float
+) -> tuple[Tensor, Tensor, int, int]:
+    """Pixel window (x0, y0 per image; fixed width, height) that contains an eye opening.
+
+    Why: the eyeball (a second ray-surface intersection, iris, pupil, glint, shading)
+    is the costliest part of the face yet covers a few percent of the crop, so it is
+    shaded only inside this window. The size is fixed per call (so compiled code sees
+    constant shapes) and clamped to the image.
+    """
+    world = (rot @ centre_head[:, :, None])[:, :, 0] + translation
+    uv = camera.project(world[:, None])[:, 0]
+    ww = min(camera.width, 2 * math.ceil(EYE_HALF_WIDTH_MM / px_min) + 3)
+    wh = min(camera.height, 2 * math.ceil(EYE_HALF_HEIGHT_MM / px_min) + 3)
+    x0 = (uv[:, 0] - ww / 2).round().clamp(0, camera.width - ww).long()
+    y0 = (uv[:, 1] - wh / 2).round().clamp(0, camera.height - wh).long()
+    return x0, y0, ww, wh
+
+
 def render_faces(
     ident: IdentityParams,
     view: ImageParams,
     camera: Camera,
     translation: Tensor,
+    px_min: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Render one face per image. Returns (rgb (B,H,W,3) linear in [0,1], alpha (B,H,W)).
 
     ``translation`` (B, 3) places the face centre in the world frame; the head
-    rotation comes from ``view.head_ypr``.
+    rotation comes from ``view.head_ypr``. ``px_min`` (the smallest mm-per-pixel
+    footprint in the batch) sizes the eye windows; pass it when compiling so that it is
+    a constant rather than a value read from a tensor.
     """
     b, h, w = translation.shape[0], camera.height, camera.width
     geo = head_geometry(ident)
@@ -155,19 +197,12 @@ def render_faces(
     vs, us = torch.meshgrid(
         torch.arange(h, dtype=torch.float32) + 0.5, torch.arange(w, dtype=torch.float32) + 0.5, indexing="ij"
     )
-    pix = torch.stack(
-        [
-            (us.reshape(1, -1) - camera.cx[:, None]) / camera.focal[:, None],
-            (vs.reshape(1, -1) - camera.cy[:, None]) / camera.focal[:, None],
-            torch.ones(b, h * w),
-        ],
-        -1,
-    )  # (B,P,3) camera frame
-    pix = pix / pix.norm(dim=-1, keepdim=True)
     to_head = rot.transpose(1, 2) @ camera.rotation  # camera -> head
-    dirs = pix @ to_head.transpose(1, 2)
+    dirs = _rays(us.reshape(1, -1).expand(b, -1), vs.reshape(1, -1).expand(b, -1), camera, to_head)
     origin = (-(rot.transpose(1, 2) @ translation[:, :, None]))[:, None, :, 0]  # (B,1,3)
     px = (translation.norm(dim=-1) / camera.focal)[:, None]  # mm per pixel at the face
+    if px_min is None:
+        px_min = float(px.min())
 
     light = (rot.transpose(1, 2) @ _t(view.light_dir)[:, :, None])[:, None, :, 0]  # head frame
     ambient = _t(view.ambient)[:, None]
@@ -232,9 +267,15 @@ def render_faces(
         colour = colour * (1 - socket).unsqueeze(-1)
         crease = _soft(0.5 - (dy - (upper - 3.5)).abs(), px) * (dx.abs() < w2).float() * 0.25
         colour = colour * (1 - crease).unsqueeze(-1)
-        # eyeball through the opening
-        ball = _Quadric(origin, dirs, geo["eyeball"][:, k][:, None], r_ball.unsqueeze(-1).expand(b, 1, 3), px)
-        u = (ball.point - geo["eyeball"][:, k][:, None]) / r_ball.unsqueeze(-1)
+        # eyeball through the opening, shaded only inside the eye's pixel window
+        eye_c = geo["eyeball"][:, k]
+        x0, y0, ww, wh = _eye_window(eye_c, rot, translation, camera, px_min)
+        wy, wx = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        ix = x0[:, None] + wx.reshape(1, -1)
+        iy = y0[:, None] + wy.reshape(1, -1)
+        wdirs = _rays(ix.float() + 0.5, iy.float() + 0.5, camera, to_head)
+        ball = _Quadric(origin, wdirs, eye_c[:, None], r_ball.unsqueeze(-1).expand(b, 1, 3), px)
+        u = (ball.point - eye_c[:, None]) / r_ball.unsqueeze(-1)
         cosang = (u * gaze_head[:, None]).sum(-1).clamp(-1, 1)
         sd_iris = (cosang - cos_i) / sin_i * r_ball
         sclera = torch.tensor(SCLERA) * (1 - 0.12 * (1 - cosang)).unsqueeze(-1)
@@ -250,11 +291,19 @@ def render_faces(
         glint = ((ball.normal * hh).sum(-1) - 1).mul(220).exp() * 0.9
         eye_col = eye_col + glint.unsqueeze(-1)
         # the upper lid casts a shadow on the top of the eyeball
-        lid_shadow = _soft(upper + 1.6 - dy, px) * 0.35
+        bdx = ball.point[..., 0] - ecx
+        bs = (bdx / w2).clamp(-1, 1)
+        bt = (1 - bs * bs).clamp_min(0)
+        b_upper = -open_h * bt * (1.6 - 0.6 * bt) * 1.15 + 0.8 * bs * inner
+        lid_shadow = _soft(b_upper + 1.6 - (ball.point[..., 1] - ecy), px) * 0.35
         eye_col = eye_col * (1 - lid_shadow).unsqueeze(-1)
         socket_col = skin * 0.25
         eye_col = _lerp(socket_col.expand_as(eye_col), eye_col, ball.alpha)
-        colour = _lerp(colour, eye_col, open_alpha)
+        full = socket_col.expand(b, h * w, 3).clone()
+        flat = (iy * w + ix)[..., None].expand(-1, -1, 3)
+        full = full.scatter(1, flat, eye_col)
+        in_window = torch.zeros(b, h * w).scatter(1, flat[..., 0], 1.0)
+        colour = _lerp(colour, full, open_alpha * in_window)
         lash_alpha = _soft(0.7 - (dy - upper + 0.3).abs(), px) * _soft(w2 * 1.02 - dx.abs(), px) * 0.9
         colour = _lerp(colour, lash.expand_as(colour), lash_alpha)
         # brow

@@ -1,0 +1,109 @@
+"""Print the bench table (markdown) from ``bench/results/*.json``; ``--readme`` updates README.md.
+
+The README block between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` is
+replaced, so the numbers shown are always the ones in the committed JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+
+
+def _load(name: str) -> dict | None:  # type: ignore[type-arg]
+    p = RESULTS / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    out: list[tuple[str, str, str, str]] = []
+    cnn, res, masked = _load("clean_gaze_gaze_cnn"), _load("clean_gaze_resnet18"), _load("clean_gaze_masked")
+    if cnn:
+        ok = "met" if cnn["clean_error_deg"] <= 2.5 else "missed"
+        out.append(
+            (
+                "Clean gaze, GazeCNN, 64x64 synthetic, cross-subject",
+                f"{cnn['clean_error_deg']:.2f} deg mean "
+                f"({cnn['clean_error_median_deg']:.2f} median, n={cnn['n_test']}, {cnn['epochs']} epochs, "
+                f"{cnn['train_seconds'] / 60:.1f} min)",
+                f"<= 2.5 deg ({ok})",
+                "`python bench/clean_gaze.py --which gaze_cnn`",
+            )
+        )
+    if res:
+        out.append(
+            (
+                "Clean gaze, ResNet-18, 64x64 synthetic, cross-subject",
+                f"{res['clean_error_deg']:.2f} deg mean "
+                f"({res['clean_error_median_deg']:.2f} median, {res['epochs']} epochs, "
+                f"{res['train_seconds'] / 60:.1f} min)",
+                "-",
+                "`python bench/clean_gaze.py --which resnet18`",
+            )
+        )
+    if masked:
+        ratio = f", {masked['clean_error_deg'] / cnn['clean_error_deg']:.1f}x GazeCNN" if cnn else ""
+        ok = "met" if cnn and masked["clean_error_deg"] >= 3 * cnn["clean_error_deg"] else "missed"
+        out.append(
+            (
+                "Eyes-masked control (GazeCNN, eyes greyed out)",
+                f"{masked['clean_error_deg']:.2f} deg{ratio}",
+                f">= 3x GazeCNN ({ok})",
+                "`python bench/clean_gaze.py --which masked`",
+            )
+        )
+    rt = _load("renderer_throughput")
+    if rt:
+        ok = "met" if rt["synthesize_end_to_end"] >= 1000 else "missed"
+        out.append(
+            (
+                "Renderer throughput, 64x64 face crops, 2 cores",
+                f"{rt['synthesize_end_to_end']:.0f}/s end to end for {rt['end_to_end_images']} images "
+                f"(steady state: compiled {rt['compiled_1proc']:.0f}/s, eager {rt['eager_1proc']:.0f}/s, 1 process)",
+                f">= 1000/s ({ok})",
+                "`python bench/renderer_throughput.py`",
+            )
+        )
+    tl = _load("train_loop_throughput")
+    if tl:
+        ok = "met" if tl["ratio_median"] >= 0.9 else "missed"
+        out.append(
+            (
+                "Training loop / bare PyTorch loop throughput",
+                f"{tl['ratio_median']:.3f}",
+                f">= 0.9 ({ok})",
+                "`python bench/train_loop_throughput.py`",
+            )
+        )
+    return out
+
+
+def markdown() -> str:
+    lines = ["| benchmark | result | target | command |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--readme", action="store_true", help="rewrite the bench block in README.md")
+    args = ap.parse_args()
+    table = markdown()
+    print(table)
+    if args.readme:
+        text = README.read_text()
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        if start not in text or end not in text:
+            raise SystemExit(f"{README} has no {start} ... {end} block")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        README.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Run configs: strict validation with dotted key names, --set overrides, stable hashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers_experiments import write_yaml
+
+from backdoorlab.errors import ConfigError
+from backdoorlab.experiments.config import (
+    RunConfig,
+    apply_overrides,
+    load_config,
+    parse_override,
+    validate_config,
+)
+from backdoorlab.experiments.demo import demo_config
+
+
+def test_defaults_validate() -> None:
+    cfg = load_config(None)
+    assert cfg == RunConfig()
+    assert cfg.task == "gaze" and cfg.model.name == "gaze_cnn" and cfg.data.source == "synthetic"
+    assert cfg.train.epochs == 12 and cfg.train.schedule == "cosine"
+    # the dump of a config is itself a valid config with the same hash
+    assert validate_config(yaml.safe_load(cfg.to_yaml())).config_hash() == cfg.config_hash()
+
+
+def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing but a comment\n")
+    assert load_config(p) == RunConfig()
+
+
+def test_packaged_demo_config_validates() -> None:
+    full, quick = demo_config(), demo_config(quick=True)
+    assert full.name == "demo-clean-gaze" and full.data.synthetic.size == 64
+    assert quick.name == "demo-quick" and quick.data.synthetic.size == 32 and quick.train.epochs == 1
+    # the quick merge keeps the keys it does not override
+    assert quick.data.synthetic.kind == "face" and quick.train.lr == full.train.lr
+
+
+def test_yaml_file_values_are_used(tmp_path: Path) -> None:
+    p = write_yaml(
+        tmp_path / "c.yaml",
+        {"name": "abc", "train": {"epochs": 3, "lr": 0.01}, "data": {"synthetic": {"size": 32}}},
+    )
+    cfg = load_config(p)
+    assert cfg.name == "abc" and cfg.train.epochs == 3 and cfg.train.lr == 0.01
+    assert cfg.data.synthetic.size == 32
+    assert cfg.train.batch_size == 64  # untouched default
+
+
+@pytest.mark.parametrize(
+    ("raw", "dotted"),
+    [
+        ({"epochs": 3}, "epochs"),
+        ({"train": {"epochz": 3}}, "train.epochz"),
+        ({"data": {"synthetic": {"sise": 32}}}, "data.synthetic.sise"),
+        ({"model": {"name": "gaze_cnn", "width": 8}}, "model.width"),
+    ],
+)
+def test_unknown_key_names_the_dotted_path(tmp_path: Path, raw: dict[str, Any], dotted: str) -> None:
+    p = write_yaml(tmp_path / "c.yaml", raw)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert f"unknown key '{dotted}'" in msg
+    assert str(p) in msg
+
+
+def test_all_errors_are_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"train": {"epochz": 1, "lr": -1}, "seedd": 0})
+    msg = str(info.value)
+    assert "train.epochz" in msg and "train.lr" in msg and "seedd" in msg
+
+
+@pytest.mark.parametrize(
+    ("raw", "dotted", "got"),
+    [
+        ({"train": {"epochs": "many"}}, "train.epochs", "'many'"),
+        ({"train": {"epochs": 0}}, "train.epochs", "0"),
+        ({"train": {"lr": 100}}, "train.lr", "100"),
+        ({"train": {"schedule": "linear"}}, "train.schedule", "'linear'"),
+        ({"model": {"name": "vgg"}}, "model.name", "'vgg'"),
+        ({"data": {"synthetic": {"size": 8}}}, "data.synthetic.size", "8"),
+        ({"device": "gpu"}, "device", "'gpu'"),
+        ({"train": [1, 2]}, "train", "[1, 2]"),
+    ],
+)
+def test_ill_typed_value_names_the_key_and_the_value(raw: dict[str, Any], dotted: str, got: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw, "my.yaml")
+    msg = str(info.value)
+    assert f"my.yaml: {dotted}: " in msg
+    assert f"(got {got})" in msg
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 81, "sp ace"])
+def test_run_name_cannot_escape_the_runs_folder(name: str) -> None:
+    with pytest.raises(ConfigError, match="name"):
+        validate_config({"name": name})
+
+
+@pytest.mark.parametrize("source", ["mpiigaze", "mpiifacegaze", "ethxgaze", "folder"])
+def test_real_sources_need_a_path(source: str) -> None:
+    with pytest.raises(ConfigError, match=rf"data\.path is required when data\.source is '{source}'"):
+        validate_config({"data": {"source": source}})
+    cfg = validate_config({"data": {"source": source, "path": "/somewhere"}})
+    assert cfg.data.path == "/somewhere"
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_overrides_nested_and_yaml_typed(tmp_path: Path) -> None:
+    p = write_yaml(tmp_path / "c.yaml", {"train": {"epochs": 5, "lr": 0.01}})
+    cfg = load_config(
+        p,
+        [
+            "train.epochs=2",
+            "train.schedule=constant",
+            "data.synthetic.size=32",
+            "model.kwargs={width: 8, feature_dim: 16}",
+            "data.mask_eyes=true",
+            "seed=0x10",
+        ],
+    )
+    assert cfg.train.epochs == 2 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.lr == 0.01  # sibling kept
+    assert cfg.train.schedule == "constant"
+    assert cfg.data.synthetic.size == 32
+    assert cfg.model.kwargs == {"width": 8, "feature_dim": 16}
+    assert cfg.data.mask_eyes is True
+    assert cfg.seed == 16
+
+
+def test_overrides_apply_in_order_and_do_not_mutate_input() -> None:
+    raw = {"train": {"epochs": 5}}
+    out = apply_overrides(raw, ["train.epochs=1", "train.epochs=3", "new.section.deep=x"])
+    assert out == {"train": {"epochs": 3}, "new": {"section": {"deep": "x"}}}
+    assert raw == {"train": {"epochs": 5}}
+
+
+def test_override_creates_missing_and_null_sections(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\nname: x\n")  # train: null
+    cfg = load_config(p, ["train.epochs=4", "data.synthetic.identities=7"])
+    assert cfg.train.epochs == 4 and cfg.data.synthetic.identities == 7
+
+
+def test_override_value_keeps_equals_signs() -> None:
+    assert parse_override("name=a=b") == (["name"], "a=b")
+    assert parse_override(" train.lr = 0.5") == (["train", "lr"], 0.5)
+    # PyYAML reads 1e-3 as a string; the float field still gets a number
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 0.001
+    assert parse_override("data.path=") == (["data", "path"], None)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.epochs", "must look like key.path=value"),
+        ("=3", "empty key"),
+        ("...=3", "empty key"),
+        ("train.epochs=[1,", "not valid YAML"),
+        ("name.sub=1", "'name' is not a section"),
+        ("train.epochs.deep=1", "'epochs' is not a section"),
+    ],
+)
+def test_malformed_override(tmp_path: Path, override: str, match: str) -> None:
+    p = write_yaml(tmp_path / "c.yaml", {"name": "x", "train": {"epochs": 2}})
+    with pytest.raises(ConfigError, match=match):
+        load_config(p, [override])
+
+
+def test_override_with_unknown_or_ill_typed_key_is_still_validated() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.epochz'"):
+        load_config(None, ["train.epochz=3"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*\(got 'many'\)"):
+        load_config(None, ["train.epochs=many"])
+
+
+# ---------------------------------------------------------------- file problems
+
+
+def test_non_mapping_yaml(tmp_path: Path) -> None:
+    for text in ["- a\n- b\n", "just a string\n", "42\n"]:
+        p = tmp_path / "c.yaml"
+        p.write_text(text)
+        with pytest.raises(ConfigError, match="top level must be a mapping"):
+            load_config(p)
+    with pytest.raises(ConfigError, match="got list"):
+        validate_config([1, 2])
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train: {epochs: 3\nname: [\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML"):
+        load_config(p)
+
+
+def test_binary_file_is_a_config_error(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"\xff\xfe\x00\x81garbage\x00")
+    with pytest.raises(ConfigError, match=r"c\.yaml"):
+        load_config(p)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------- hashing
+
+
+def test_config_hash_stable_under_key_order(tmp_path: Path) -> None:
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text("name: r\nseed: 1\ntrain: {epochs: 3, lr: 0.01}\ndata: {test_identities: 2}\n")
+    b.write_text("data: {test_identities: 2}\ntrain: {lr: 0.01, epochs: 3}\nseed: 1\nname: r\n")
+    ha, hb = load_config(a).config_hash(), load_config(b).config_hash()
+    assert ha == hb
+    assert len(ha) == 12 and int(ha, 16) >= 0
+    # explicit defaults hash like omitted ones: the hash is over the resolved config
+    assert load_config(a, ["train.batch_size=64"]).config_hash() == ha
+
+
+@pytest.mark.parametrize("override", ["seed=2", "train.epochs=4", "train.lr=0.02", "data.synthetic.size=48"])
+def test_config_hash_changes_with_a_value(tmp_path: Path, override: str) -> None:
+    a = write_yaml(tmp_path / "a.yaml", {"seed": 1, "train": {"epochs": 3, "lr": 0.01}})
+    assert load_config(a).config_hash() != load_config(a, [override]).config_hash()

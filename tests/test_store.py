@@ -1,0 +1,170 @@
+"""The SQLite results store: running -> complete | failed, filters, lookup by config hash, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backdoorlab.experiments.store import ResultsStore
+
+
+def _start(store: ResultsStore, run_id: str, name: str = "exp", config_hash: str = "h0", **cfg: object) -> None:
+    store.start(run_id, name, "gaze", config_hash, {"seed": 0, **cfg}, f"/runs/{run_id}", "gaze_cnn", "0.1.0")
+
+
+def test_start_records_a_running_row(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "deep" / "results.sqlite")  # parent folders are created
+    before = time.time()
+    _start(store, "r1", train={"epochs": 2})
+    row = store.get("r1")
+    assert row is not None
+    assert row["status"] == "running"
+    assert row["name"] == "exp" and row["task"] == "gaze" and row["model_name"] == "gaze_cnn"
+    assert row["config"] == {"seed": 0, "train": {"epochs": 2}}
+    assert row["metrics"] == {}
+    assert row["finished"] is None and row["clean_error_deg"] is None and row["error"] is None
+    assert row["created"] >= before - 1
+    assert store.get("nope") is None
+
+
+def test_complete_transition(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    _start(store, "r1")
+    metrics = {"clean_error_deg": 4.5, "n_test": 80, "nested": {"a": [1, 2]}}
+    store.complete("r1", metrics, "fp123")
+    row = store.get("r1")
+    assert row is not None
+    assert row["status"] == "complete"
+    assert row["metrics"] == metrics
+    assert row["clean_error_deg"] == 4.5
+    assert row["data_fingerprint"] == "fp123"
+    assert row["finished"] >= row["created"]
+
+
+def test_fail_transition_keeps_message(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    _start(store, "r1")
+    store.fail("r1", "training diverged: loss is nan at epoch 1, step 3" + "x" * 10_000)
+    row = store.get("r1")
+    assert row is not None
+    assert row["status"] == "failed"
+    assert row["error"].startswith("training diverged: loss is nan at epoch 1, step 3")
+    assert len(row["error"]) == 4000
+    assert row["metrics"] == {} and row["clean_error_deg"] is None
+    assert store.find_complete("h0") is None
+
+
+def test_restarting_a_run_resets_it_to_running(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    _start(store, "r1")
+    store.fail("r1", "boom")
+    _start(store, "r1")
+    row = store.get("r1")
+    assert row is not None and row["status"] == "running" and row["error"] is None
+    store.complete("r1", {"clean_error_deg": 1.0}, "fp")
+    row = store.get("r1")
+    assert row is not None and row["status"] == "complete" and row["error"] is None
+
+
+def test_status_is_constrained(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = ResultsStore(path)
+    _start(store, "r1")
+    con = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError):
+        con.execute("UPDATE runs SET status='done' WHERE run_id='r1'")
+    con.close()
+
+
+def test_list_filters_and_order(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    _start(store, "a1", name="alpha")
+    _start(store, "a2", name="alpha-long")
+    _start(store, "b1", name="beta")
+    _start(store, "b2", name="beta")
+    store.complete("a1", {"clean_error_deg": 3.0}, "fp")
+    store.complete("b1", {"clean_error_deg": 5.0}, "fp")
+    store.fail("a2", "err")
+
+    assert [r["run_id"] for r in store.list()] == ["b2", "b1", "a2", "a1"]  # newest first
+    assert {r["run_id"] for r in store.list(status="complete")} == {"a1", "b1"}
+    assert [r["run_id"] for r in store.list(status="failed")] == ["a2"]
+    assert [r["run_id"] for r in store.list(status="running")] == ["b2"]
+    assert {r["run_id"] for r in store.list(name_like="alpha")} == {"a1", "a2"}
+    assert [r["run_id"] for r in store.list(status="complete", name_like="beta")] == ["b1"]
+    assert [r["run_id"] for r in store.list(limit=2)] == ["b2", "b1"]
+    assert store.list(name_like="gamma") == []
+
+
+def test_find_complete_by_hash(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    _start(store, "r1", config_hash="aaa")
+    assert store.find_complete("aaa") is None  # running does not count
+    store.complete("r1", {"clean_error_deg": 2.0}, "fp")
+    _start(store, "r2", config_hash="aaa")
+    store.complete("r2", {"clean_error_deg": 1.0}, "fp")
+    _start(store, "r3", config_hash="aaa")
+    store.fail("r3", "boom")
+    _start(store, "r4", config_hash="bbb")
+    store.complete("r4", {"clean_error_deg": 9.0}, "fp")
+
+    hit = store.find_complete("aaa")
+    assert hit is not None and hit["run_id"] == "r2"  # the most recently finished complete run
+    hit_b = store.find_complete("bbb")
+    assert hit_b is not None and hit_b["run_id"] == "r4"
+    assert store.find_complete("ccc") is None
+
+
+def test_reopening_keeps_rows(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    _start(ResultsStore(path), "r1")
+    again = ResultsStore(path)  # schema creation is idempotent
+    assert [r["run_id"] for r in again.list()] == ["r1"]
+
+
+_WRITER = """
+import sys
+from backdoorlab.experiments.store import ResultsStore
+path, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = ResultsStore(path)
+for i in range(n):
+    rid = f"{prefix}-{i}"
+    store.start(rid, prefix, "gaze", "h", {"i": i}, "/r/" + rid, "gaze_cnn", "0.1.0")
+    if i % 2:
+        store.fail(rid, "boom")
+    else:
+        store.complete(rid, {"clean_error_deg": float(i)}, "fp")
+"""
+
+
+def test_concurrent_writers_do_not_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    ResultsStore(path)
+    n = 25
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), prefix, str(n)], stderr=subprocess.PIPE, text=True)
+        for prefix in ("p", "q")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    store = ResultsStore(path)
+    rows = store.list(limit=1000)
+    assert len(rows) == 2 * n
+    for prefix in ("p", "q"):
+        mine = {r["run_id"]: r for r in rows if r["name"] == prefix}
+        assert len(mine) == n
+        for i in range(n):
+            r = mine[f"{prefix}-{i}"]
+            assert r["status"] == ("failed" if i % 2 else "complete")
+            assert r["config"] == {"i": i}
+            if not i % 2:
+                assert r["metrics"] == {"clean_error_deg": float(i)}
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
