@@ -8,32 +8,16 @@ where :func:`load_or_synthesize` looks for it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.synthetic import SyntheticGazeSpec, synthesize
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models on a CPU shared with other jobs: one intra-op thread is far faster than two
-    (OpenMP threads spin-wait when the cores are oversubscribed)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
 
 # The same spec as ``demo --quick`` (face, seed 0), so the demo test reuses the cache entry.
 TINY_SPEC: dict[str, Any] = {"identities": 6, "images_per_identity": 40, "size": 32}

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_experiments import one_torch_thread
 
 import backdoorlab
 from backdoorlab.errors import BackdoorLabError, CheckpointError
@@ -23,13 +21,6 @@ from backdoorlab.models.checkpoint import (
     read_state_dict,
     save_checkpoint,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
-
 
 ARCH = {"name": "gaze_cnn", "kwargs": {"in_channels": 3, "width": 8}}
 

@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers_experiments import one_torch_thread, seed_synthetic_cache, tiny_config, tiny_faces, write_yaml
+from helpers_experiments import seed_synthetic_cache, tiny_config, tiny_faces, write_yaml
 from typer.testing import CliRunner, Result
 
 from backdoorlab.cli import app
@@ -32,12 +31,6 @@ RUN_FILES = [
     "report.html",
     "status.json",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

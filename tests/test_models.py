@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
-from helpers_experiments import one_torch_thread
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
@@ -17,12 +15,6 @@ from backdoorlab.metrics.angular import summarize_errors
 from backdoorlab.models import MODELS, GazeCNN, ResNet18Gaze, build_model, check_feature_head_contract
 from backdoorlab.tasks import TASKS, GazeTask
 from backdoorlab.tasks.base import predict
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
-from helpers_experiments import one_torch_thread, tiny_faces
+from helpers_experiments import tiny_faces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,12 +16,6 @@ from backdoorlab.errors import DatasetError, TrainingDivergedError
 from backdoorlab.models import GazeCNN
 from backdoorlab.tasks import GazeTask
 from backdoorlab.training import TrainSettings, epoch_order, lr_factor, seed_everything, train
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_torch_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

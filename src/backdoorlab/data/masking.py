@@ -41,7 +41,10 @@ class EyeMask:
         h, w = out.shape[1:3]
         for i, per_eye in enumerate(self.boxes(eye_corners)):
             for x1, y1, x2, y2 in per_eye:
-                out[i, max(0, y1) : min(h, y2 + 1), max(0, x1) : min(w, x2 + 1)] = self.fill
+                # clip both ends to the image: a negative end would index from the far side
+                ys = slice(max(0, y1), max(0, min(h, y2 + 1)))
+                xs = slice(max(0, x1), max(0, min(w, x2 + 1)))
+                out[i, ys, xs] = self.fill
         return out
 
     def apply_dataset(self, ds: ArrayDataset) -> ArrayDataset:
