@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,7 @@ def test_save_load_round_trip(tmp_path: Path, mmap: bool) -> None:
     ds = make_ds()
     out = ds.save(tmp_path / "ds")
     assert out == tmp_path / "ds" and (out / META_FILE).is_file()
-    assert not (tmp_path / "ds.partial").exists()
+    assert not list(tmp_path.glob("ds.partial*"))
     loaded = load_dataset(out, mmap=mmap)
     assert_same_data(ds, loaded)
     assert isinstance(loaded.images, np.memmap) is mmap
@@ -296,7 +297,7 @@ def test_interrupted_save_is_not_loadable_and_keeps_previous(tmp_path: Path, mon
     with pytest.raises(KeyboardInterrupt):
         new.save(tmp_path / "ds")
     monkeypatch.undo()
-    partial = tmp_path / "ds.partial"
+    partial = tmp_path / f"ds.partial-{os.getpid()}"
     assert (partial / "images.npy").is_file()  # the arrays were written ...
     with pytest.raises(DatasetError, match=r"meta\.json is missing"):
         ArrayDataset.load(partial)  # ... but the folder is not complete

@@ -147,7 +147,9 @@ class ArrayDataset:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the folder; ``meta.json`` last so a crash never leaves a 'complete' folder."""
         out = Path(directory)
-        tmp = out.with_name(out.name + ".partial")
+        # one staging folder per process: two processes caching the same dataset at once
+        # (parallel sweep workers) must not write into each other's files
+        tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -165,8 +167,13 @@ class ArrayDataset:
         )
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            shutil.rmtree(out, ignore_errors=True)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / META_FILE).is_file():
+                raise
+            shutil.rmtree(tmp)  # another process completed the same folder first
         self.meta = meta
         return out
 

@@ -177,20 +177,7 @@ def render_gaze_report(
     return _load_template().render(**context)
 
 
-def write_gaze_report(
-    path: str | os.PathLike[str],
-    *,
-    title: str,
-    summary: Mapping[str, float | int | str],
-    errors_deg: np.ndarray,
-    head_pose: np.ndarray | None,
-    sample_images: np.ndarray,
-    sample_true: np.ndarray,
-    sample_pred: np.ndarray,
-    sample_origins: np.ndarray | None = None,
-    config_text: str = "",
-    extra_sections: Sequence[Mapping[str, Any]] | None = None,
-) -> Path:
+def write_gaze_report(path: str | os.PathLike[str], **report: Any) -> Path:
     """Write a single self-contained HTML gaze-evaluation report and return its path.
 
     Args:
@@ -209,18 +196,7 @@ def write_gaze_report(
     The file is written to a temporary sibling and moved into place with
     :func:`os.replace`, so a reader never sees a half-written report.
     """
-    html = render_gaze_report(
-        title=title,
-        summary=summary,
-        errors_deg=errors_deg,
-        head_pose=head_pose,
-        sample_images=sample_images,
-        sample_true=sample_true,
-        sample_pred=sample_pred,
-        sample_origins=sample_origins,
-        config_text=config_text,
-        extra_sections=extra_sections,
-    )
+    html = render_gaze_report(**report)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
