@@ -147,7 +147,14 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     )
     if len(train_ds) < settings.batch_size:
         raise ConfigError(f"train.batch_size={settings.batch_size} exceeds the {len(train_ds)} training samples")
-    result = train(model, task, train_ds, settings, device=device)
+    history: list[dict[str, float]] = []
+
+    def log_epoch(epoch: int, record: dict[str, float]) -> None:
+        # written as training goes, so a long run can be watched (``history.json``)
+        history.append(record)
+        (path / "history.json").write_text(json.dumps(history, indent=2))
+
+    result = train(model, task, train_ds, settings, device=device, on_epoch_end=log_epoch)
     t1 = time.perf_counter()
     preds = predict(model, test_ds, device=device)
     metrics: dict[str, Any] = task.evaluate(preds, test_ds)

@@ -39,7 +39,7 @@ from backdoorlab.data.synthetic.params import (
 )
 from backdoorlab.errors import DatasetError
 
-RENDERER_VERSION = "1"
+RENDERER_VERSION = "2"  # bump whenever the pixels a spec produces change (it keys the cache)
 CHUNK = 64
 COMPILE_MIN_IMAGES = 4000
 
