@@ -242,3 +242,23 @@ def select_subjects(
             raise DatasetError(f"{root}: subject {s!r} is not in the release (found {sorted(available)})")
         chosen.append((num, available[num]))
     return chosen
+
+
+def subject_files(
+    path: Path, pattern: str, suffix: str, subjects: Iterable[int | str] | None, what: str
+) -> list[tuple[int, Path]]:
+    """Per-subject files (``pXX.mat``, ``subjectXXXX.h5``) under a folder, or one such file.
+
+    ``what`` names the release in the error raised when ``path`` does not exist.
+    """
+    if path.is_file() or path.suffix == suffix:
+        num = subject_number(path.stem, pattern, path)
+        if subjects is not None:
+            return select_subjects({num: path}, subjects, pattern, path)
+        return [(num, path)]
+    if not path.is_dir():
+        raise DatasetError(f"{path}: {what} file or folder does not exist")
+    available = {
+        int(m.group(1)): p for p in path.iterdir() if p.suffix == suffix and (m := re.fullmatch(pattern, p.stem))
+    }
+    return select_subjects(available, subjects, pattern + re.escape(suffix), path)

@@ -32,7 +32,6 @@ image-right eye inner/outer) and ``landmarks`` (eye centres, nose tip 30, mouth 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,30 +48,14 @@ from backdoorlab.data._realio import (
     read_h5,
     resize_area,
     scale_points,
-    select_subjects,
     size_pair,
-    subject_number,
+    subject_files,
 )
 from backdoorlab.data.arrays import ArrayDataset
-from backdoorlab.errors import DatasetError
 
 SUBJECT_PATTERN = r"subject(\d+)"
 LABEL_KEYS = {"face_gaze": "gaze", "face_head_pose": "head_pose"}
 EYE_CORNER_IDX = [36, 39, 42, 45]
-
-
-def _files(path: Path, subjects: Iterable[int | str] | None) -> list[tuple[int, Path]]:
-    if path.is_file() or path.suffix == ".h5":
-        num = subject_number(path.stem, SUBJECT_PATTERN, path)
-        if subjects is not None:
-            return select_subjects({num: path}, subjects, SUBJECT_PATTERN, path)
-        return [(num, path)]
-    if not path.is_dir():
-        raise DatasetError(f"{path}: ETH-XGaze file or folder does not exist")
-    available = {
-        int(m.group(1)): p for p in path.iterdir() if p.suffix == ".h5" and (m := re.fullmatch(SUBJECT_PATTERN, p.stem))
-    }
-    return select_subjects(available, subjects, SUBJECT_PATTERN + r"\.h5", path)
 
 
 def _landmark_sets(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +84,7 @@ def load_ethxgaze(
     """
     target = Path(path_or_dir)
     out_hw = size_pair(size)
-    files = _files(target, subjects)
+    files = subject_files(target, SUBJECT_PATTERN, ".h5", subjects, "ETH-XGaze")
 
     per_file: list[dict[str, np.ndarray]] = []
     for num, path in files:

@@ -97,7 +97,7 @@ from backdoorlab.data._realio import (
     scale_points,
     select_subjects,
     size_pair,
-    subject_number,
+    subject_files,
     to_uint8,
 )
 from backdoorlab.data.arrays import ArrayDataset
@@ -200,6 +200,10 @@ class _Row:
     rvec: np.ndarray  # (3,)
     face_centre: np.ndarray  # (3,)
     gaze_target: np.ndarray  # (3,)
+
+
+def _matches(name: str) -> bool:
+    return re.fullmatch(SUBJECT_PATTERN, name) is not None
 
 
 def _parse_annotation(path: Path) -> list[_Row]:
@@ -339,23 +343,6 @@ def load_mpiifacegaze_raw(
     )
 
 
-def _matches(name: str) -> bool:
-    return re.fullmatch(SUBJECT_PATTERN, name) is not None
-
-
-# -------------------------------------------------------------- normalised release
-def _normalized_files(root_or_file: Path, subjects: Iterable[int | str] | None) -> list[tuple[int, Path]]:
-    if root_or_file.is_file():
-        num = subject_number(root_or_file.stem, SUBJECT_PATTERN, root_or_file)
-        if subjects is not None:
-            return select_subjects({num: root_or_file}, subjects, SUBJECT_PATTERN, root_or_file)
-        return [(num, root_or_file)]
-    if not root_or_file.is_dir():
-        raise DatasetError(f"{root_or_file}: MPIIFaceGaze normalised file or folder does not exist")
-    available = {int(p.stem[1:]): p for p in root_or_file.iterdir() if p.suffix == ".mat" and _matches(p.stem)}
-    return select_subjects(available, subjects, SUBJECT_PATTERN + r"\.mat", root_or_file)
-
-
 class _Source:
     """Uniform access to ``Data/data`` and ``Data/label`` in a v7.3 or a v5 file.
 
@@ -446,7 +433,7 @@ def load_mpiifacegaze_normalized(
     """
     target = Path(root_or_file)
     out_hw = size_pair(size)
-    files = _normalized_files(target, subjects)
+    files = subject_files(target, SUBJECT_PATTERN, ".mat", subjects, "MPIIFaceGaze normalised")
     images, gaze, head, corners, ident = [], [], [], [], []
     for num, path in files:
         src = _Source(path)
