@@ -363,3 +363,27 @@ def test_demo_quick(runner: CliRunner, cache: Path, tmp_path: Path, monkeypatch:
     assert gallery is not None and gallery.shape[0] > 32
     assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
     assert "clean_error_deg" in result.output and str(run_dir / "report.html") in flat(result.output)
+
+
+def test_data_convert_writes_a_folder_in_our_conventions(tmp_path: Path, runner: CliRunner) -> None:
+    from data.fixtures_real import write_ethxgaze_subject
+
+    rng = np.random.default_rng(0)
+    gaze = rng.uniform(-0.4, 0.4, (3, 2))
+    for num in (3, 7):
+        patches = rng.integers(0, 255, (3, 48, 48, 3), dtype=np.uint8)
+        write_ethxgaze_subject(tmp_path / "eth" / f"subject{num:04d}.h5", patches, gaze, gaze * 0.5)
+    out = tmp_path / "converted"
+    result = invoke(runner, "data", "convert", "ethxgaze", tmp_path / "eth", out, "--option", "size=32")
+    assert result.exit_code == 0, result.output
+    ds = ArrayDataset.load(out)
+    assert ds.images.shape == (6, 32, 32, 3)
+    assert sorted(set(ds.annotations["identity"].tolist())) == [3, 7]
+    np.testing.assert_allclose(ds.annotations["gaze"][:3], gaze, atol=1e-6)
+
+
+def test_data_convert_unknown_kind_is_a_clear_error(tmp_path: Path, runner: CliRunner) -> None:
+    result = invoke(runner, "data", "convert", "gazecapture", tmp_path, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "gazecapture" in flat(result.output) and "mpiigaze" in flat(result.output)
+    assert not (tmp_path / "out").exists()
