@@ -6,10 +6,12 @@ its images from ``default_rng([seed, 1, k])``, and each block of at most
 byte-identical data whatever the batching, and adding identities leaves the existing
 ones unchanged.
 
-Speed: the ray-caster is a long chain of elementwise tensor operations. For large
-datasets it is compiled with ``torch.compile`` (fusing them into a few loops gives
-about 3.5x on two cores); compiling costs about half a minute once per process, so
-small datasets render eagerly. ``compile="auto"`` picks by size.
+Speed (``bench/renderer_throughput.py``): the ray-caster is a long chain of
+elementwise tensor operations. Eagerly, they scale better across processes (one
+thread each) than across threads, so large datasets are split over worker processes.
+``torch.compile`` fuses them into a few loops (about 2.4x in steady state) but costs
+~26 s to compile in each new process, so it is used only from ``COMPILE_MIN_IMAGES``
+on (``compile="auto"``), in this process with all its threads.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from backdoorlab.errors import DatasetError
 
 RENDERER_VERSION = "2"  # bump whenever the pixels a spec produces change (it keys the cache)
 CHUNK = 64
-COMPILE_MIN_IMAGES = 4000
+COMPILE_MIN_IMAGES = 50_000  # compiling costs ~26 s; it pays for itself from ~45k images
+PARALLEL_MIN_IMAGES = 2_000  # below this, starting worker processes costs more than it saves
 
 
 class SyntheticGazeSpec(BaseModel):
@@ -98,13 +101,16 @@ def synthesize(
 ) -> ArrayDataset:
     """Render the dataset described by ``spec`` in memory.
 
-    ``workers`` processes (default: one per core for compiled rendering, else one)
-    each render a contiguous share of the identities with one thread: elementwise
-    kernels scale better across processes than across threads on two cores.
+    ``workers`` processes (default for eager rendering of 2,000 images or more: one per
+    core, up to 4; otherwise this process) each render a contiguous share of the
+    identities with one thread.
     """
     use_compile = spec.n_images >= COMPILE_MIN_IMAGES if compile == "auto" else bool(compile)
     if workers is None:
-        workers = min(os.cpu_count() or 1, 4) if use_compile else 1
+        # compiled code runs in this process (compiling once per worker would cost more
+        # than it saves); eager code scales better over processes than over threads
+        many = spec.n_images >= PARALLEL_MIN_IMAGES and not use_compile
+        workers = min(os.cpu_count() or 1, 4) if many else 1
     ipi = spec.images_per_identity
     blocks = [(k, s, min(s + CHUNK, ipi)) for k in range(spec.identities) for s in range(0, ipi, CHUNK)]
     shards = [list(map(tuple, sh)) for sh in np.array_split(np.asarray(blocks), max(1, min(workers, len(blocks))))]
