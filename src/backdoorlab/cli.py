@@ -27,8 +27,21 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Create or inspect datasets.")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Terminal width on a terminal; wide and unwrapped when piped or captured.
+
+    Output that goes to a file or another program (CI logs, ``grep``) must keep run
+    ids, paths and metric names on one line.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 240
+    return Console(stderr=stderr, width=width, soft_wrap=True)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
