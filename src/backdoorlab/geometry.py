@@ -43,14 +43,16 @@ def pitchyaw_to_vector(pitchyaw: ArrayLike) -> ArrayLike:
 
 def vector_to_pitchyaw(vectors: ArrayLike) -> ArrayLike:
     """(..., 3) gaze vectors (any length > 0) -> (..., 2) pitch/yaw in radians."""
+    # pitch = arcsin(-y) for a unit vector, computed as atan2(-y, |(x, z)|): the same
+    # angle, but accurate near straight up/down where arcsin loses precision, and
+    # independent of the vector's length
     if isinstance(vectors, torch.Tensor):
-        v = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        pitch = torch.asin((-v[..., 1]).clamp(-1.0, 1.0))
-        yaw = torch.atan2(-v[..., 0], -v[..., 2])
+        horiz = torch.hypot(vectors[..., 0], vectors[..., 2])
+        pitch = torch.atan2(-vectors[..., 1], horiz)
+        yaw = torch.atan2(-vectors[..., 0], -vectors[..., 2])
         return torch.stack([pitch, yaw], -1)
     v = np.asarray(vectors, dtype=np.float64)
-    v = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    pitch = np.arcsin(np.clip(-v[..., 1], -1.0, 1.0))
+    pitch = np.arctan2(-v[..., 1], np.hypot(v[..., 0], v[..., 2]))
     yaw = np.arctan2(-v[..., 0], -v[..., 2])
     return np.stack([pitch, yaw], -1)
 
