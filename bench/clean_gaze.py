@@ -32,6 +32,13 @@ VARIANTS: dict[str, list[str]] = {
         "train.epochs=6",
         "train.lr=0.001",
     ],
+    # more identities, fewer epochs: does cross-subject error keep falling with identities?
+    "gaze_cnn_1000": [
+        "name=bench-gaze-cnn-1000",
+        "data.synthetic.identities=1000",
+        "data.test_identities=100",
+        "train.epochs=10",
+    ],
     # the eyes-masked control and its unmasked twin share data (400 identities) and schedule
     "gaze_cnn_400": ["name=bench-gaze-cnn-400", "data.synthetic.identities=400", "train.epochs=16"],
     "masked": [

@@ -11,6 +11,7 @@ STEPS = [
     ["renderer_throughput.py"],
     ["train_loop_throughput.py"],
     ["clean_gaze.py", "--which", "gaze_cnn"],
+    ["clean_gaze.py", "--which", "gaze_cnn_1000"],
     ["clean_gaze.py", "--which", "gaze_cnn_400"],
     ["clean_gaze.py", "--which", "masked"],
     ["clean_gaze.py", "--which", "resnet18"],
