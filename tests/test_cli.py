@@ -217,34 +217,40 @@ def test_diverging_run_is_recorded_as_failed(runner: CliRunner, tmp_path: Path) 
     _assert_failed_run(runs_dir, "loss is nan at epoch 1, step 1")
 
 
-def test_monkeypatched_divergence_is_recorded_as_failed(
-    runner: CliRunner, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "exit_code", "recorded"),
+    [
+        # a known failure: one clear line, exit code 2
+        (
+            TrainingDivergedError("training diverged: loss is inf at epoch 2, step 5"),
+            2,
+            "loss is inf at epoch 2, step 5",
+        ),
+        # an unexpected crash: re-raised (non-zero exit) but still recorded as failed
+        (RuntimeError("out of memory, pretend"), None, "RuntimeError: out of memory, pretend"),
+    ],
+)
+def test_a_run_that_raises_is_recorded_as_failed(
+    runner: CliRunner,
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    exit_code: int | None,
+    recorded: str,
 ) -> None:
     def boom(*args: object, **kwargs: object) -> None:
-        raise TrainingDivergedError("training diverged: loss is inf at epoch 2, step 5")
+        raise error
 
     monkeypatch.setattr("backdoorlab.experiments.run.train", boom)
     config = write_yaml(tmp_path / "c.yaml", tiny_config(cache))
     runs_dir = tmp_path / "runs"
     result = invoke(runner, "train", config, "--runs-dir", runs_dir, "--quiet")
-    assert result.exit_code == 2
-    assert "epoch 2, step 5" in result.output
-    _assert_failed_run(runs_dir, "loss is inf at epoch 2, step 5")
-
-
-def test_unexpected_exception_is_recorded_as_failed(
-    runner: CliRunner, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def boom(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("out of memory, pretend")
-
-    monkeypatch.setattr("backdoorlab.experiments.run.train", boom)
-    config = write_yaml(tmp_path / "c.yaml", tiny_config(cache))
-    runs_dir = tmp_path / "runs"
-    result = invoke(runner, "train", config, "--runs-dir", runs_dir, "--quiet")
-    assert result.exit_code != 0
-    assert isinstance(result.exception, RuntimeError)
-    _assert_failed_run(runs_dir, "RuntimeError: out of memory, pretend")
+    if exit_code is None:
+        assert result.exit_code != 0 and isinstance(result.exception, type(error))
+    else:
+        assert result.exit_code == exit_code and "epoch 2, step 5" in result.output
+    _assert_failed_run(runs_dir, recorded)
 
 
 def test_batch_larger_than_training_set_fails_cleanly(runner: CliRunner, cache: Path, tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -151,7 +150,3 @@ def train(
     result.seconds = time.perf_counter() - start
     result.samples_per_second = total * settings.batch_size / max(result.seconds, 1e-9)
     return result
-
-
-def describe(settings: TrainSettings) -> dict[str, Any]:
-    return dict(vars(settings))
