@@ -39,6 +39,12 @@ VARIANTS: dict[str, list[str]] = {
         "data.test_identities=100",
         "train.epochs=10",
     ],
+    "gaze_cnn_1000_long": [
+        "name=bench-gaze-cnn-1000-long",
+        "data.synthetic.identities=1000",
+        "data.test_identities=100",
+        "train.epochs=13",
+    ],
     # the eyes-masked control and its unmasked twin share data (400 identities) and schedule
     "gaze_cnn_400": ["name=bench-gaze-cnn-400", "data.synthetic.identities=400", "train.epochs=16"],
     "masked": [

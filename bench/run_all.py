@@ -12,6 +12,7 @@ STEPS = [
     ["train_loop_throughput.py"],
     ["clean_gaze.py", "--which", "gaze_cnn"],
     ["clean_gaze.py", "--which", "gaze_cnn_1000"],
+    ["clean_gaze.py", "--which", "gaze_cnn_1000_long"],
     ["clean_gaze.py", "--which", "gaze_cnn_400"],
     ["clean_gaze.py", "--which", "masked"],
     ["clean_gaze.py", "--which", "resnet18"],

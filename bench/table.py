@@ -40,7 +40,8 @@ def rows() -> list[tuple[str, str, str, str]]:
     res, masked = _load("clean_gaze_resnet18"), _load("clean_gaze_masked")
     for label, r in (
         ("Clean gaze, GazeCNN, 64x64 synthetic, cross-subject", cnn),
-        ("Clean gaze, GazeCNN, more identities, fewer epochs", _load("clean_gaze_gaze_cnn_1000")),
+        ("Clean gaze, GazeCNN, 1000 identities, 13 epochs", _load("clean_gaze_gaze_cnn_1000_long")),
+        ("Clean gaze, GazeCNN, 1000 identities, 10 epochs", _load("clean_gaze_gaze_cnn_1000")),
         ("Clean gaze, GazeCNN, fewer identities (twin of the masked control)", cnn400),
     ):
         if r:
