@@ -215,7 +215,7 @@ def render_faces(
     X, Y = head.point[..., 0], head.point[..., 1]
     colour = _shade(skin.expand(b, h * w, 3), head.normal, light, ambient)
     # skin sheen
-    half = light + torch.tensor([0.0, 0.0, -1.0])
+    half = light + torch.tensor([0.0, 0.0, -1.0])  # light/view half-vector (head frame), for highlights
     half = half / half.norm(dim=-1, keepdim=True)
     nh = (head.normal * half).sum(-1).clamp_min(0)
     nh2 = nh * nh
@@ -286,9 +286,7 @@ def render_faces(
         eye_col = _lerp(sclera, iris_col, _soft(sd_iris, px))
         eye_col = _lerp(eye_col, torch.full_like(eye_col, 0.03), _soft((cosang - cos_p) / sin_p * r_ball, px))
         eye_col = _shade(eye_col, ball.normal, light, ambient.clamp_min(0.45))
-        hh = light + torch.tensor([0.0, 0.0, -1.0]).expand_as(light)
-        hh = hh / hh.norm(dim=-1, keepdim=True)
-        glint = ((ball.normal * hh).sum(-1) - 1).mul(220).exp() * 0.9
+        glint = ((ball.normal * half).sum(-1) - 1).mul(220).exp() * 0.9  # same half-vector as the sheen
         eye_col = eye_col + glint.unsqueeze(-1)
         # the upper lid casts a shadow on the top of the eyeball
         bdx = ball.point[..., 0] - ecx
