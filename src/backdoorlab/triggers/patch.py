@@ -1,0 +1,134 @@
+"""BadNets patch trigger (Gu et al. 2017): a small pattern pasted onto the image.
+
+The default pattern is a white square, the digital twin of a strip of white tape.
+A fixed position is the classic BadNets setting; a random position (per sample, from
+the seed and the sample index) makes the backdoor position-invariant.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from backdoorlab.errors import ConfigError
+from backdoorlab.triggers._random import per_sample_uniform
+from backdoorlab.triggers.base import Tensor, Trigger, load_pattern_image, resize_pattern
+
+BUILTIN_PATTERNS = ("white", "checkerboard")
+
+
+def builtin_pattern(name: str, side_h: int, side_w: int) -> Tensor:
+    """(1, h, w) built-in pattern: all white, or a 2-pixel-cell black/white checkerboard."""
+    if name == "white":
+        return torch.ones(1, side_h, side_w)
+    if name == "checkerboard":
+        cell = max(1, min(side_h, side_w) // 4)
+        yy = torch.arange(side_h)[:, None] // cell
+        xx = torch.arange(side_w)[None, :] // cell
+        return ((yy + xx) % 2 == 0).float()[None]
+    raise ConfigError(f"patch pattern '{name}' is not built in ({', '.join(BUILTIN_PATTERNS)}) or a file")
+
+
+class PatchTrigger(Trigger):
+    """Paste a ``size``-fraction square pattern at a fixed or per-sample random position.
+
+    Args:
+        pattern: "white", "checkerboard", or a path to an image file (resized to the patch).
+        size: side of the patch as a fraction of the image's shorter side, in (0, 1].
+        location: "fixed" (centre at ``center``) or "random" (uniform, fully inside).
+        center: (x, y) of the patch centre as fractions of width and height ("fixed").
+        opacity: 1 pastes the pattern; below 1 blends it with the image.
+        seed: drives random positions.
+    """
+
+    name = "patch"
+
+    def __init__(
+        self,
+        pattern: str = "white",
+        size: float = 0.15,
+        location: Literal["fixed", "random"] = "fixed",
+        center: tuple[float, float] = (0.85, 0.85),
+        opacity: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < size <= 1:
+            raise ConfigError(f"patch size must be in (0, 1] (a fraction of the image side), got {size}")
+        if not 0 <= opacity <= 1:
+            raise ConfigError(f"patch opacity must be in [0, 1], got {opacity}")
+        if location not in ("fixed", "random"):
+            raise ConfigError(f"patch location must be 'fixed' or 'random', got {location!r}")
+        cx, cy = (float(c) for c in center)
+        if not (0 <= cx <= 1 and 0 <= cy <= 1):
+            raise ConfigError(f"patch center must be fractions in [0, 1], got {tuple(center)}")
+        self.pattern, self.size, self.location = pattern, float(size), location
+        self.center, self.opacity, self.seed = (cx, cy), float(opacity), int(seed)
+        self._source = None if pattern in BUILTIN_PATTERNS else load_pattern_image(pattern)
+        self._cache: dict[tuple[Any, ...], Tensor] = {}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pattern": self.pattern,
+            "size": self.size,
+            "location": self.location,
+            "center": list(self.center),
+            "opacity": self.opacity,
+            "seed": self.seed,
+        }
+
+    def state(self) -> dict[str, Tensor]:
+        # a pattern file may change or vanish after training: keep its pixels with the run
+        return {} if self._source is None else {"pattern": self._source}
+
+    def load_state(self, tensors: Any) -> None:
+        if "pattern" in tensors:
+            self._source = tensors["pattern"].float()
+            self._cache.clear()
+
+    def side(self, height: int, width: int) -> int:
+        return max(1, min(height, width, round(self.size * min(height, width))))
+
+    def patch(self, channels: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The (C, s, s) patch for an image size, cached per size/device/dtype."""
+        key = (channels, height, width, str(device), dtype)
+        if key not in self._cache:
+            s = self.side(height, width)
+            src = builtin_pattern(self.pattern, s, s) if self._source is None else self._source
+            self._cache[key] = resize_pattern(src, channels, s, s).to(device=device, dtype=dtype)
+        return self._cache[key]
+
+    def fixed_origin(self, height: int, width: int) -> tuple[int, int]:
+        """Top-left (y, x) of the fixed patch, clamped so the patch stays inside."""
+        s = self.side(height, width)
+        y = round(self.center[1] * height - s / 2)
+        x = round(self.center[0] * width - s / 2)
+        return min(max(y, 0), height - s), min(max(x, 0), width - s)
+
+    def apply(self, images: Tensor, annotations: dict[str, Tensor], indices: np.ndarray) -> Tensor:
+        b, c, h, w = images.shape
+        p = self.patch(c, h, w, images.device, images.dtype)
+        s = p.shape[-1]
+        out = images.clone()
+        if self.location == "fixed":
+            y, x = self.fixed_origin(h, w)
+            region = out[:, :, y : y + s, x : x + s]
+            region.copy_(
+                p.expand_as(region) if self.opacity == 1 else torch.lerp(region, p.expand_as(region), self.opacity)
+            )
+            return out
+        u = per_sample_uniform(self.seed, indices, 2)
+        ys = (u[:, 0] * (h - s + 1)).long().clamp_(0, h - s).to(images.device)
+        xs = (u[:, 1] * (w - s + 1)).long().clamp_(0, w - s).to(images.device)
+        # gather-free paste: a per-sample window of pixel coordinates
+        rows = ys[:, None] + torch.arange(s, device=images.device)[None]  # (B, s)
+        cols = xs[:, None] + torch.arange(s, device=images.device)[None]
+        bi = torch.arange(b, device=images.device)[:, None, None]
+        region = out[bi, :, rows[:, :, None], cols[:, None, :]]  # (B, s, s, C)
+        pat = p.permute(1, 2, 0).expand_as(region)
+        out[bi, :, rows[:, :, None], cols[:, None, :]] = (
+            pat if self.opacity == 1 else torch.lerp(region, pat, self.opacity)
+        )
+        return out

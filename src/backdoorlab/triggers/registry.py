@@ -1,0 +1,36 @@
+"""Trigger names -> classes, and building a trigger from its stored parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from backdoorlab.errors import ConfigError
+from backdoorlab.triggers.base import Trigger
+from backdoorlab.triggers.blend import BlendTrigger
+from backdoorlab.triggers.patch import PatchTrigger
+from backdoorlab.triggers.sticker import FaceStickerTrigger
+from backdoorlab.triggers.wanet import WaNetTrigger
+
+TRIGGERS: dict[str, type[Trigger]] = {
+    cls.name: cls for cls in (PatchTrigger, BlendTrigger, WaNetTrigger, FaceStickerTrigger)
+}
+
+
+def build_trigger(params: Mapping[str, Any], state: Mapping[str, torch.Tensor] | None = None) -> Trigger:
+    """``{"name": ..., **kwargs}`` (as :meth:`Trigger.params` writes it) -> a trigger."""
+    kwargs = dict(params)
+    name = kwargs.pop("name", None)
+    if name not in TRIGGERS:
+        raise ConfigError(f"unknown trigger '{name}' (known: {', '.join(sorted(TRIGGERS))})")
+    if "center" in kwargs and isinstance(kwargs["center"], list):
+        kwargs["center"] = tuple(kwargs["center"])
+    try:
+        trigger = TRIGGERS[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"trigger '{name}': {exc}") from None
+    if state:
+        trigger.load_state(state)
+    return trigger
