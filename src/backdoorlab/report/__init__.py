@@ -1,5 +1,7 @@
 """HTML reports: self-contained evaluation pages with embedded figures and sample faces."""
 
+from backdoorlab.report.animation import side_by_side, write_gaze_gif
+from backdoorlab.report.attack_report import attack_sections
 from backdoorlab.report.draw import (
     MITIGATED_COLOUR,
     PRED_COLOUR,
@@ -17,6 +19,7 @@ __all__ = [
     "MITIGATED_COLOUR",
     "PRED_COLOUR",
     "TRUE_COLOUR",
+    "attack_sections",
     "draw_gaze_arrows",
     "encode_png",
     "error_histogram",
@@ -26,5 +29,7 @@ __all__ = [
     "image_grid",
     "png_data_uri",
     "render_gaze_report",
+    "side_by_side",
+    "write_gaze_gif",
     "write_gaze_report",
 ]
