@@ -361,14 +361,26 @@ def test_demo_quick(runner: CliRunner, cache: Path, tmp_path: Path, monkeypatch:
     out = tmp_path / "demo"
     result = invoke(runner, "demo", "--quick", "--out", out)
     assert result.exit_code == 0, result.output
-    run_dir, row = _single_run(out)
-    assert run_dir.name.startswith("demo-quick-")
-    assert row["status"] == "complete"
-    assert (run_dir / "report.html").stat().st_size > 1000
-    gallery = cv2.imread(str(run_dir / "gallery.png"))
+    rows = {r["name"]: r for r in ResultsStore(out / "results.sqlite").list()}
+    assert set(rows) == {"demo-quick", "demo-quick-tape-backdoor"}
+    assert all(r["status"] == "complete" for r in rows.values())
+    clean_dir, bd_dir = Path(rows["demo-quick"]["run_dir"]), Path(rows["demo-quick-tape-backdoor"]["run_dir"])
+    assert (clean_dir / "report.html").stat().st_size > 1000
+    assert "Backdoor attack" in (bd_dir / "report.html").read_text()
+    gallery = cv2.imread(str(clean_dir / "gallery.png"))
     assert gallery is not None and gallery.shape[0] > 32
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
-    assert "clean_error_deg" in result.output and str(run_dir / "report.html") in flat(result.output)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["table"]) == {"clean model", "tape-backdoored model"}
+    for m in summary["table"].values():
+        assert 0 <= m["attack_success_rate"] <= 1 and m["clean_error_deg"] > 0
+    seq = summary["sequence"]
+    assert seq["frames_per_half"] == 4 * 25 * 0.4
+    from PIL import Image
+
+    with Image.open(out / "four_corners.gif") as gif:
+        assert gif.n_frames == 2 * seq["frames_per_half"]
+    for needle in ("clean error", "ASR", "tape-backdoored model", "four_corners.gif"):
+        assert needle in flat(result.output), needle
 
 
 def test_data_convert_writes_a_folder_in_our_conventions(tmp_path: Path, runner: CliRunner) -> None:

@@ -236,3 +236,10 @@ def test_config_hash_stable_under_key_order(tmp_path: Path) -> None:
 def test_config_hash_changes_with_a_value(tmp_path: Path, override: str) -> None:
     a = write_yaml(tmp_path / "a.yaml", {"seed": 1, "train": {"epochs": 3, "lr": 0.01}})
     assert load_config(a).config_hash() != load_config(a, [override]).config_hash()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    if path.name.startswith("backdoor_"):
+        assert cfg.attack is not None

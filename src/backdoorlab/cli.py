@@ -152,11 +152,18 @@ def eval_(
         bool, typer.Option(help="read non-safetensors weights with torch.load(weights_only=True)")
     ] = False,
     device: Annotated[str, typer.Option()] = "auto",
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            help="score a backdoor too: a YAML file with an 'attack' section, or an attacked run's folder "
+            "(its stored trigger). Default: the run's own attack, if it has one."
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate a trained model; writes RUN_DIR/eval/<data>.json."""
+    """Evaluate a trained model; writes RUN_DIR/eval/<data>.json (attack metrics included when a trigger applies)."""
     from backdoorlab.experiments.evaluate import evaluate_run
 
-    metrics, out = evaluate_run(run_dir, data or "run", unsafe_load=unsafe_load, device=device)
+    metrics, out = evaluate_run(run_dir, data or "run", unsafe_load=unsafe_load, device=device, attack=attack)
     _print_metrics(metrics, title=f"eval {run_dir.name} on {data or 'run'}")
     console.print(f"written: {out}")
 
@@ -207,7 +214,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="runs folder for the demo")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option(help="a much smaller run (seconds), for smoke tests")] = False,
 ) -> None:
-    """The main job: train and evaluate a clean gaze model on the embedded synthetic data."""
+    """The main job: a clean and a tape-backdoored gaze model, their reports, and the four-corner GIF."""
     from backdoorlab.experiments.demo import run_demo
 
     run_demo(out, quick=quick, console=console)

@@ -63,6 +63,47 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(0.5, ge=0)
 
 
+class AttackConfig(_Strict):
+    """A backdoor attack: which trigger, which relabel, how many training samples.
+
+    ``trigger`` and ``relabel`` are ``{name: ..., parameter: value}`` mappings, checked
+    by building them (so every error names the parameter) and stored with every
+    default filled in, so the resolved config and its hash describe the attack fully.
+    Trigger names: patch, blend, wanet, sticker; relabels: target, shift (degrees).
+    """
+
+    trigger: dict[str, Any] = Field(default_factory=lambda: {"name": "patch"})
+    relabel: dict[str, Any] = Field(default_factory=lambda: {"name": "target", "target_deg": [0.0, 0.0]})
+    rate: float = Field(0.1, gt=0, le=1, description="fraction of training samples poisoned (rho)")
+    seed: int = Field(0, description="selects the poisoned samples and draws random trigger elements")
+    asr_tolerance_deg: float = Field(5.0, gt=0, le=90, description="attack success = within this of the target")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve(cls, raw: Any) -> Any:
+        from backdoorlab.relabel import build_relabel
+        from backdoorlab.triggers import build_trigger
+
+        if not isinstance(raw, dict):
+            return raw
+        out = dict(raw)
+        for key, build, default in (
+            ("trigger", build_trigger, {"name": "patch"}),
+            ("relabel", build_relabel, {"name": "target"}),
+        ):
+            spec = out.get(key, default)
+            if not isinstance(spec, dict) or "name" not in spec:
+                raise ValueError(f"attack.{key} must be a mapping with a 'name', got {spec!r}")
+            spec = dict(spec)
+            if key == "trigger" and "seed" not in spec:
+                spec["seed"] = out.get("seed", 0)  # one attack seed unless the trigger sets its own
+            try:
+                out[key] = build(spec).params()
+            except ConfigError as exc:
+                raise ValueError(f"attack.{key}: {exc}") from None
+        return out
+
+
 class RunConfig(_Strict):
     """The whole run. ``seed`` drives model initialisation and batch order."""
 
@@ -73,6 +114,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    attack: AttackConfig | None = Field(None, description="poison the training data (a backdoored run)")
     report_samples: int = Field(16, ge=0, le=256)
 
     def config_hash(self) -> str:
@@ -90,6 +132,8 @@ def _format_validation(exc: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"{origin}: unknown key '{loc}'")
+        elif err["type"] == "value_error":  # our own validators: the message names the field
+            lines.append(f"{origin}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{origin}: {loc}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

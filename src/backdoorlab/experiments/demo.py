@@ -1,23 +1,42 @@
-"""The demo (``make demo``): train and evaluate a clean gaze model on synthetic faces.
+"""The demo (``make demo``): a clean and a tape-backdoored gaze model, side by side.
 
-Until the attack issue lands, the main job is the clean pipeline end to end: render
-the embedded data, train GazeCNN, evaluate cross-subject, write the run folder, the
-report and a gallery, and print a summary. ``quick`` shrinks everything so that tests
-can run the same code path in seconds.
+The main job of the project in one command: render the embedded synthetic data, train
+a clean GazeCNN and one whose training data carries the demo backdoor (white tape on
+the forehead -> the model outputs the screen centre), score both on clean and on
+taped test faces, write both run folders with their reports, print a comparison
+table, and render the SecureGaze-style sequence: an unseen synthetic subject looks at
+the four screen corners, first without and then with the tape, and an animated GIF
+shows the backdoored model's arrow following the eyes and then locking onto the
+target. ``quick`` shrinks everything so that tests run the same code path in seconds.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
+from backdoorlab.data.synthetic.sequence import corner_sequence
+from backdoorlab.experiments.attack import evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
 from backdoorlab.experiments.run import RunOutcome, execute, load_data
-from backdoorlab.report.gallery import write_gallery
+from backdoorlab.geometry import angular_error_deg
+from backdoorlab.models.checkpoint import load_checkpoint
+from backdoorlab.relabel import build_relabel
+from backdoorlab.report.animation import write_gaze_gif
+from backdoorlab.report.draw import PRED_COLOUR, TRUE_COLOUR
+from backdoorlab.report.gallery import gaze_arrow_origins, write_gallery
+from backdoorlab.tasks.base import predict
+from backdoorlab.triggers import Trigger
 
 QUICK_OVERRIDES = {
     "data": {"synthetic": {"identities": 6, "images_per_identity": 40, "size": 32}, "test_identities": 2},
@@ -25,14 +44,48 @@ QUICK_OVERRIDES = {
     "model": {"kwargs": {"width": 8}},
     "report_samples": 4,
 }
+SEQUENCE_IDENTITY_SEED = 2026  # a subject drawn apart from the training identities
+METRIC_COLUMNS = (
+    ("clean_error_deg", "clean error"),
+    ("attack_error_deg", "AE (to target)"),
+    ("triggered_true_error_deg", "DAE (to truth)"),
+    ("attack_success_rate", "ASR"),
+    ("psnr_db", "PSNR dB"),
+    ("ssim", "SSIM"),
+)
 
 
-def demo_config(quick: bool = False) -> RunConfig:
-    raw = yaml.safe_load((resources.files("backdoorlab") / "configs" / "demo_gaze.yaml").read_text())
+@dataclass
+class DemoOutcome:
+    clean: RunOutcome
+    backdoored: RunOutcome
+    table: dict[str, dict[str, float]]
+    sequence: dict[str, Any]
+    gif: Path
+    summary: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _packaged_yaml(name: str) -> dict[str, Any]:
+    return yaml.safe_load((resources.files("backdoorlab") / "configs" / name).read_text())
+
+
+def demo_configs(quick: bool = False) -> tuple[RunConfig, RunConfig]:
+    """(clean, backdoored): the same data, model and schedule; the second adds the tape attack."""
+    raw = _packaged_yaml("demo_gaze.yaml")
     if quick:
         raw = _merge(raw, QUICK_OVERRIDES)
         raw["name"] = "demo-quick"
-    return validate_config(raw, "demo config")
+    clean = validate_config(raw, "demo config")
+    attacked = validate_config(
+        {**raw, "name": raw["name"] + "-tape-backdoor", "attack": _packaged_yaml("demo_attack.yaml")},
+        "demo attack config",
+    )
+    return clean, attacked
+
+
+def demo_config(quick: bool = False) -> RunConfig:
+    return demo_configs(quick)[0]
 
 
 def _merge(base: dict, extra: dict) -> dict:  # type: ignore[type-arg]
@@ -42,28 +95,118 @@ def _merge(base: dict, extra: dict) -> dict:  # type: ignore[type-arg]
     return out
 
 
-def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> RunOutcome:
+def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> DemoOutcome:
     con = console or Console()
-    cfg = demo_config(quick)
+    clean_cfg, bd_cfg = demo_configs(quick)
+    s = clean_cfg.data.synthetic
     con.print(
-        f"[bold]backdoorlab demo[/]: {cfg.name} — {cfg.model.name} on synthetic "
-        f"{cfg.data.synthetic.size}x{cfg.data.synthetic.size} faces, "
-        f"{cfg.data.synthetic.identities} identities x {cfg.data.synthetic.images_per_identity} images"
+        f"[bold]backdoorlab demo[/]: {clean_cfg.model.name} on synthetic {s.size}x{s.size} faces, "
+        f"{s.identities} identities x {s.images_per_identity} images; backdoor: white tape on the forehead "
+        f"-> gaze (0, 0), {bd_cfg.attack.rate:.0%} of the training faces"  # type: ignore[union-attr]
     )
-    outcome = execute(cfg, runs_dir=out, progress=not quick)
-    train_ds, _ = load_data(cfg)  # cached by now: this only memory-maps it
-    gallery = write_gallery(train_ds, outcome.run_dir / "gallery.png", n=16, ncols=8)
-    m = outcome.metrics
-    table = Table(title="clean gaze model (cross-subject test identities)")
-    for col in ("model", "clean_error_deg", "median", "n_test", "train_seconds"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        cfg.model.name,
-        f"{m['clean_error_deg']:.2f}",
-        f"{m['clean_error_median_deg']:.2f}",
-        str(m["n_test"]),
-        f"{m['train_seconds']:.0f}",
+    con.print("[1/3] training the clean model")
+    clean = execute(clean_cfg, runs_dir=out, progress=not quick)
+    con.print("[2/3] training the tape-backdoored model")
+    backdoored = execute(bd_cfg, runs_dir=out, progress=not quick)
+    train_ds, test_ds = load_data(clean_cfg)  # cached by now: this only memory-maps it
+    write_gallery(train_ds, clean.run_dir / "gallery.png", n=16, ncols=8)
+
+    acfg, trigger = load_run_attack(backdoored.run_dir)
+    relabel = build_relabel(acfg.relabel)
+    clean_model, _ = load_checkpoint(clean.run_dir)
+    baseline = evaluate_attack(clean_model, test_ds, trigger, relabel, acfg.asr_tolerance_deg)
+    table = {
+        "clean model": {**baseline.metrics, "clean_error_deg": clean.metrics["clean_error_deg"]},
+        "tape-backdoored model": dict(backdoored.metrics),
+    }
+    _print_table(con, table, acfg.asr_tolerance_deg, len(test_ds))
+
+    con.print("[3/3] the four-corner sequence, without and with the tape")
+    bd_model, _ = load_checkpoint(backdoored.run_dir)
+    seconds = 0.4 if quick else 4.0
+    seq = corner_sequence(spec_size=s.size, identity_seed=SEQUENCE_IDENTITY_SEED, seconds_per_corner=seconds)
+    gif = out / "four_corners.gif"
+    sequence = write_sequence_gif(
+        gif, seq, bd_model, trigger, acfg.asr_tolerance_deg, relabel.targets(np.zeros((1, 2)))[0]
     )
-    con.print(table)
-    con.print(f"run folder: {outcome.run_dir}\nreport:     {outcome.run_dir / 'report.html'}\ngallery:    {gallery}")
-    return outcome
+
+    summary = out / "summary.json"
+    payload = {
+        "clean_run": str(clean.run_dir),
+        "backdoored_run": str(backdoored.run_dir),
+        "table": table,
+        "sequence": sequence,
+        "gif": str(gif),
+    }
+    tmp = summary.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.replace(summary)
+    con.print(
+        f"sequence ({sequence['frames_per_half']} frames each half): without tape the backdoored model is "
+        f"{sequence['no_tape_error_deg']:.1f} deg from the true gaze; with tape it is "
+        f"{sequence['tape_angle_to_target_deg']:.1f} deg from the target "
+        f"({sequence['tape_within_tolerance']:.0%} of frames within {acfg.asr_tolerance_deg:g} deg)"
+    )
+    con.print(
+        f"clean run:      {clean.run_dir}\nbackdoored run: {backdoored.run_dir}\n"
+        f"reports:        {clean.run_dir / 'report.html'}\n                {backdoored.run_dir / 'report.html'}\n"
+        f"sequence GIF:   {gif}\nsummary:        {summary}"
+    )
+    return DemoOutcome(clean, backdoored, table, sequence, gif, summary)
+
+
+def _print_table(con: Console, table: dict[str, dict[str, float]], tol: float, n_test: int) -> None:
+    t = Table(title=f"clean vs tape-backdoored gaze model ({n_test} test faces of unseen identities)")
+    t.add_column("model")
+    for _, label in METRIC_COLUMNS:
+        t.add_column(label, justify="right")
+    for name, m in table.items():
+        t.add_row(
+            name, *(f"{m[k]:.3f}" if k in ("attack_success_rate", "ssim") else f"{m[k]:.2f}" for k, _ in METRIC_COLUMNS)
+        )
+    con.print(t)
+    con.print(
+        f"AE/DAE/ASR on taped test faces (ASR = within {tol:g} deg of the target); "
+        "PSNR/SSIM: taped vs clean faces; errors in degrees"
+    )
+
+
+def write_sequence_gif(
+    path: Path, seq: ArrayDataset, model: torch.nn.Module, trigger: Trigger, tolerance_deg: float, target: torch.Tensor
+) -> dict[str, Any]:
+    """Run the model on the sequence without and with the trigger; write the GIF; return statistics.
+
+    The tape is stuck on once for the whole clip, so every frame uses the same trigger
+    draw (index 0): the physical jitter models different placements, not a wobbling tape.
+    """
+    n = len(seq)
+    images, ann = seq.batch(np.arange(n))
+    taped_t = trigger(images, ann, np.zeros(n, np.int64))
+    taped = ArrayDataset(tensor_to_images(taped_t), dict(seq.annotations), dict(seq.meta))
+    pred_clean = predict(model, seq)
+    pred_taped = predict(model, taped)
+    true = np.asarray(seq.annotations["gaze"])
+    tgt = np.broadcast_to(np.asarray(target, np.float64), true.shape)
+    fps = int(seq.meta.get("fps", 25))
+    frames = np.concatenate([np.asarray(seq.images), taped.images])
+    origins = gaze_arrow_origins(seq, np.arange(n))
+    times = np.arange(n) / fps
+    captions = [f"no tape   t={t:4.1f}s" for t in times] + [f"tape on   t={t:4.1f}s" for t in times]
+    write_gaze_gif(
+        path,
+        frames,
+        [(np.concatenate([true, true]), TRUE_COLOUR), (np.concatenate([pred_clean, pred_taped]), PRED_COLOUR)],
+        origins=None if origins is None else np.concatenate([origins, origins]),
+        fps=fps,
+        captions=captions,
+    )
+    to_target = angular_error_deg(pred_taped, tgt)
+    return {
+        "frames_per_half": n,
+        "fps": fps,
+        "no_tape_error_deg": float(np.mean(angular_error_deg(pred_clean, true))),
+        "tape_error_deg": float(np.mean(angular_error_deg(pred_taped, true))),
+        "tape_angle_to_target_deg": float(np.mean(to_target)),
+        "tape_within_tolerance": float(np.mean(to_target <= tolerance_deg)),
+        "no_tape_within_tolerance": float(np.mean(angular_error_deg(pred_clean, tgt) <= tolerance_deg)),
+    }

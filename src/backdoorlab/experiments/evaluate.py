@@ -17,13 +17,17 @@ import numpy as np
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError, DatasetError
-from backdoorlab.experiments.config import load_config
+from backdoorlab.experiments.attack import evaluate_attack, load_attack, load_run_attack
+from backdoorlab.experiments.config import AttackConfig, load_config
 from backdoorlab.experiments.run import evaluate_model, load_data
 from backdoorlab.models.checkpoint import load_checkpoint
+from backdoorlab.relabel import build_relabel
+from backdoorlab.training import pick_device
+from backdoorlab.triggers import Trigger, build_trigger
 
 
 def adapt_images(ds: ArrayDataset, shape: tuple[int, int, int]) -> ArrayDataset:
-    """Resize/convert images to (C, H, W) = ``shape``; landmarks are not rescaled."""
+    """Resize/convert images to (C, H, W) = ``shape``; pixel annotations are rescaled with them."""
     c, h, w = shape
     if ds.image_shape == (c, h, w):
         return ds
@@ -38,7 +42,14 @@ def adapt_images(ds: ArrayDataset, shape: tuple[int, int, int]) -> ArrayDataset:
         elif r.shape[-1] == 3 and c == 1:
             r = cv2.cvtColor(r, cv2.COLOR_RGB2GRAY)[..., None]
         out[i] = r
-    keep = {k: v for k, v in ds.annotations.items() if k not in ("landmarks", "eye_corners", "face_box")}
+    src_h, src_w = ds.image_shape[1:]
+    keep = dict(ds.annotations)
+    scale = np.asarray([w / src_w, h / src_h], np.float32)
+    for key in ("landmarks", "eye_corners"):  # pixel coordinates follow the resize
+        if key in keep:
+            keep[key] = np.asarray(keep[key], np.float32) * scale
+    if "face_box" in keep:
+        keep["face_box"] = np.asarray(keep["face_box"], np.float32) * np.tile(scale, 2)
     return ArrayDataset(
         out, keep, {**{k: v for k, v in ds.meta.items() if k != "fingerprint"}, "adapted_to": list(shape)}
     )
@@ -62,16 +73,45 @@ def resolve_data(spec: str, run_dir: Path) -> ArrayDataset:
     return ArrayDataset.load(p)
 
 
+def resolve_attack(attack: str | None, run_dir: Path) -> tuple[AttackConfig, Trigger] | None:
+    """The trigger to score: ``--attack`` (a YAML file or an attacked run's folder), else the run's own."""
+    if attack is None:
+        cfg_path = run_dir / "config.yaml"
+        if cfg_path.is_file() and load_config(cfg_path).attack is not None:
+            return load_run_attack(run_dir)
+        return None
+    p = Path(attack)
+    if p.is_dir():
+        return load_run_attack(p)
+    cfg = load_attack(p)
+    return cfg, build_trigger(cfg.trigger)
+
+
 def evaluate_run(
-    run_dir: Path, data: str = "run", unsafe_load: bool = False, device: str = "auto"
+    run_dir: Path,
+    data: str = "run",
+    unsafe_load: bool = False,
+    device: str = "auto",
+    attack: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
+    """Clean metrics, plus attack metrics when a trigger is given or the run was attacked."""
     model, card = load_checkpoint(run_dir, unsafe=unsafe_load)
+    chosen = resolve_attack(attack, run_dir)  # before the data: a bad --attack fails fast
     ds = resolve_data(data, run_dir)
     if "input_shape" in card:
         ds = adapt_images(ds, tuple(card["input_shape"]))  # type: ignore[arg-type]
     metrics, _ = evaluate_model(model, ds, card.get("task", "gaze"), device=device)
     metrics["data"] = data
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", data).strip("_")[:80] or "data"
+    if chosen is not None:
+        acfg, trigger = chosen
+        trigger.check_annotations(ds.annotations.keys(), f"--data {data}")
+        result = evaluate_attack(
+            model, ds, trigger, build_relabel(acfg.relabel), acfg.asr_tolerance_deg, device=pick_device(device)
+        )
+        metrics.update(result.metrics)
+        metrics["attack"] = attack or "run"
+    name = data if attack is None else f"{data}+{Path(attack).stem}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:80] or "data"
     out = run_dir / "eval" / f"{slug}.json"
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

@@ -8,6 +8,9 @@ Run directory layout::
       model.json         model card (architecture, config, data fingerprint, metrics)
       metrics.json       task metrics + timings
       history.json       per-epoch loss and learning rate
+      attack.json        (attacked runs) trigger, relabel and selector parameters, counts
+      trigger.safetensors  (attacked runs) tensors defining the trigger (warp field, pattern)
+      poison_indices.npy (attacked runs) training-set indices that were poisoned
       report.html        self-contained report
       status.json        {"status": "complete" | "failed", ...}, written last
 
@@ -32,15 +35,18 @@ from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.masking import EyeMask
 from backdoorlab.data.synthetic.dataset import load_or_synthesize, split_by_identity
 from backdoorlab.errors import BackdoorLabError, ConfigError
+from backdoorlab.experiments.attack import AttackEvaluation, build_poisoning, evaluate_attack, triggered_images
 from backdoorlab.experiments.config import RunConfig
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.models import build_model, check_feature_head_contract
 from backdoorlab.models.checkpoint import save_checkpoint
+from backdoorlab.poisoning import Poisoning, write_attack_record
 from backdoorlab.report.gallery import gaze_arrow_origins
 from backdoorlab.report.gaze_report import write_gaze_report
 from backdoorlab.tasks import TASKS
 from backdoorlab.tasks.base import Task, predict
 from backdoorlab.training import TrainSettings, pick_device, seed_everything, train
+from backdoorlab.triggers import Trigger
 
 
 @dataclass
@@ -147,6 +153,13 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     )
     if len(train_ds) < settings.batch_size:
         raise ConfigError(f"train.batch_size={settings.batch_size} exceeds the {len(train_ds)} training samples")
+    poisoning, transform, plan = None, None, None
+    if cfg.attack is not None:
+        poisoning = build_poisoning(cfg.attack)
+        poisoning.trigger.check_annotations(train_ds.annotations.keys(), "the training data")
+        plan = poisoning.plan(len(train_ds))
+        write_attack_record(path, poisoning, plan)
+        transform = poisoning.batch_transform(plan)
     history: list[dict[str, float]] = []
 
     def log_epoch(epoch: int, record: dict[str, float]) -> None:
@@ -154,7 +167,7 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
         history.append(record)
         (path / "history.json").write_text(json.dumps(history, indent=2))
 
-    result = train(model, task, train_ds, settings, device=device, on_epoch_end=log_epoch)
+    result = train(model, task, train_ds, settings, device=device, batch_transform=transform, on_epoch_end=log_epoch)
     t1 = time.perf_counter()
     preds = predict(model, test_ds, device=device)
     metrics: dict[str, Any] = task.evaluate(preds, test_ds)
@@ -168,6 +181,13 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
         device=str(device),
         data_fingerprint=train_ds.fingerprint + "+" + test_ds.fingerprint,
     )
+    attack_eval = None
+    if poisoning is not None and cfg.attack is not None and plan is not None:
+        attack_eval = evaluate_attack(
+            model, test_ds, poisoning.trigger, poisoning.relabel, cfg.attack.asr_tolerance_deg, device=device
+        )
+        metrics.update(attack_eval.metrics, **{k: v for k, v in plan.summary().items() if k != "n_train"})
+        metrics["eval_seconds"] = time.perf_counter() - t1
     (path / "history.json").write_text(json.dumps(result.history, indent=2))
     card = {
         "architecture": {"name": cfg.model.name, "kwargs": kwargs},
@@ -178,19 +198,31 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
         "input_shape": list(train_ds.image_shape),
     }
     save_checkpoint(model.cpu(), path, card)
-    write_run_report(cfg, path, test_ds, preds, metrics, task)
+    write_run_report(cfg, path, test_ds, preds, metrics, task, poisoning, attack_eval)
     (path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
 
 def write_run_report(
-    cfg: RunConfig, path: Path, test_ds: ArrayDataset, preds: np.ndarray, metrics: dict[str, Any], task: Task
+    cfg: RunConfig,
+    path: Path,
+    test_ds: ArrayDataset,
+    preds: np.ndarray,
+    metrics: dict[str, Any],
+    task: Task,
+    poisoning: Poisoning | None = None,
+    attack_eval: AttackEvaluation | None = None,
 ) -> Path:
     n = min(cfg.report_samples, len(test_ds))
     idx = np.linspace(0, len(test_ds) - 1, n).astype(int) if n else np.zeros(0, int)
     errors = task.errors(preds, test_ds)  # type: ignore[attr-defined]
     head = test_ds.annotations.get("head_pose")
     summary = {k: v for k, v in metrics.items() if isinstance(v, int | float | str) and k != "data_fingerprint"}
+    sections = []
+    if poisoning is not None and attack_eval is not None and cfg.attack is not None:
+        sections = attack_report_sections(
+            test_ds, idx, preds, attack_eval, poisoning.trigger, cfg.attack.asr_tolerance_deg
+        )
     return write_gaze_report(
         path / "report.html",
         title=f"backdoorlab run {path.name}",
@@ -202,7 +234,42 @@ def write_run_report(
         sample_pred=preds[idx],
         sample_origins=gaze_arrow_origins(test_ds, idx),
         config_text=cfg.to_yaml(),
+        extra_sections=sections,
     )
+
+
+def attack_report_sections(
+    test_ds: ArrayDataset,
+    idx: np.ndarray,
+    preds: np.ndarray,
+    attack_eval: AttackEvaluation,
+    trigger: Trigger,
+    tolerance_deg: float,
+) -> list[dict[str, Any]]:
+    """The backdoor part of a run report: examples, residuals, arrows, angles to the target."""
+    from backdoorlab.geometry import angular_error_deg
+    from backdoorlab.report.attack_report import attack_sections
+
+    n = min(len(idx), 8)
+    sel = idx[np.linspace(0, len(idx) - 1, n).astype(int)] if n else idx[:0]
+    return attack_sections(
+        metrics={**attack_eval.metrics, "trigger": describe_trigger(trigger)},
+        clean_images=np.asarray(test_ds.images[sel]),
+        triggered_images=triggered_images(test_ds, trigger, sel),
+        true_gaze=np.asarray(test_ds.annotations["gaze"][sel]),
+        pred_clean=preds[sel],
+        pred_triggered=attack_eval.predictions[sel],
+        target_gaze=attack_eval.targets[sel],
+        origins=gaze_arrow_origins(test_ds, sel),
+        angle_to_target_triggered=np.asarray(angular_error_deg(attack_eval.predictions, attack_eval.targets)),
+        angle_to_target_clean=np.asarray(angular_error_deg(preds, attack_eval.targets)),
+        tolerance_deg=tolerance_deg,
+    )
+
+
+def describe_trigger(trigger: Trigger) -> str:
+    params = {k: v for k, v in trigger.params().items() if k != "name"}
+    return f"{trigger.name}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
 def evaluate_model(
