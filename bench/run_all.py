@@ -1,4 +1,4 @@
-"""Run every bench script in turn (tens of minutes on 2 cores), then print the table."""
+"""Run every bench script in turn (a few hours on 2 cores), then print the table."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ STEPS = [
     ["clean_gaze.py", "--which", "gaze_cnn_400"],
     ["clean_gaze.py", "--which", "masked"],
     ["clean_gaze.py", "--which", "resnet18"],
+    ["trigger_throughput.py"],
+    ["attacks.py", "--all", "--jobs", "2"],
     ["report_screenshot.py"],
 ]
 

@@ -86,10 +86,92 @@ def rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
+ATTACK_LABELS = {
+    "patch": "patch (white tape, fixed)",
+    "blend": "blend (noise, alpha 0.1)",
+    "sticker": "face-anchored sticker (forehead)",
+    "wanet_default": "WaNet k=4, s=0.5 (classification default)",
+}
+ATTACK_TARGETS = ("patch", "blend", "sticker")  # ASR >= 0.95 and clean error <= +0.3 deg
+
+
+def _attack_label(variant: str, r: dict) -> str:  # type: ignore[type-arg]
+    if variant in ATTACK_LABELS:
+        return ATTACK_LABELS[variant]
+    trig = r["attack"]["trigger"]
+    if trig["name"] == "wanet":
+        return f"WaNet k={trig['k']}, s={trig['s']:g}"
+    return f"patch, rho={r['attack']['rate']:g}"
+
+
+def attack_table() -> str:
+    """Attacks x metrics, from ``bench/results/attack_*.json`` (``python bench/attacks.py --all``)."""
+    clean = _load("attack_clean")
+    names = sorted(p.stem.removeprefix("attack_") for p in RESULTS.glob("attack_*.json"))
+    order = ["patch", "blend", "sticker", "wanet_default"]
+    order += sorted(n for n in names if n.startswith("wanet_k"))
+    order += sorted((n for n in names if n.startswith("patch_rho")), key=lambda n: float(n.removeprefix("patch_rho")))
+    if clean is None:
+        return ""
+    lines = [
+        f"Clean model: **{clean['clean_error_deg']:.2f} deg** (GazeCNN, 64x64 synthetic, "
+        f"{clean['config']['data']['synthetic']['identities']} identities x "
+        f"{clean['config']['data']['synthetic']['images_per_identity']}, {clean['config']['train']['epochs']} epochs, "
+        f"n_test={clean['n_test']}). Attacks at rho = 0.1 unless stated; target (0, 0); ASR within 5 deg. "
+        '"clean-model ASR" is the clean model\'s ASR with the same trigger (the baseline). '
+        "Command: `python bench/attacks.py --all`.",
+        "",
+        "| attack | clean error (deg) | change vs clean | AE (deg) | DAE (deg) | ASR | clean-model ASR | PSNR (dB) "
+        "| SSIM | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in order:
+        r = _load(f"attack_{n}")
+        if r is None:
+            continue
+        change = r["clean_error_deg"] - clean["clean_error_deg"]
+        base = r.get("clean_model", {}).get("attack_success_rate")
+        if n in ATTACK_TARGETS:
+            ok = r["attack_success_rate"] >= 0.95 and change <= 0.3
+            target = _target("ASR >= 0.95, change <= +0.3", ok)
+        else:
+            target = "-"
+        lines.append(
+            f"| {_attack_label(n, r)} | {r['clean_error_deg']:.2f} | {change:+.2f} | {r['attack_error_deg']:.2f} "
+            f"| {r['triggered_true_error_deg']:.2f} | {r['attack_success_rate']:.3f} | "
+            f"{'-' if base is None else f'{base:.3f}'} | {r['psnr_db']:.1f} | {r['ssim']:.3f} | {target} |"
+        )
+    return "\n".join(lines)
+
+
+def throughput_table() -> str:
+    tt = _load("trigger_throughput")
+    if tt is None:
+        return ""
+    lines = [
+        "Trigger cost on a batch of 512 64x64 images, as a ratio to the bare tensor operation it wraps, "
+        "and poisoned (rho = 0.1) vs clean training throughput. Command: `python bench/trigger_throughput.py`.",
+        "",
+        "| trigger | trigger / bare op | target | poisoned / clean training | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, r in tt["triggers"].items():
+        tr = tt["poisoned_training"].get(name, {}).get("ratio", float("nan"))
+        lines.append(
+            f"| {name} | {r['ratio']:.3f} | {_target('>= 0.9', r['ratio'] >= 0.9)} | {tr:.3f} "
+            f"| {_target('>= 0.9', tr >= 0.9)} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown() -> str:
     lines = ["| benchmark | result | target | command |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
-    return "\n".join(lines)
+    out = "\n".join(lines)
+    for extra, title in ((attack_table(), "Backdoor attacks on gaze"), (throughput_table(), "Trigger throughput")):
+        if extra:
+            out += f"\n\n**{title}**\n\n{extra}"
+    return out
 
 
 def main() -> None:

@@ -62,6 +62,16 @@ def timed(fn: Callable[[], torch.Tensor], inner: int) -> float:
     return inner / (time.perf_counter() - t)
 
 
+def alternate(a: Callable[[], float], b: Callable[[], float], repeats: int) -> tuple[float, float]:
+    """Medians of ``a()`` and ``b()`` measured in alternating order (ABBA...), so drift hits both."""
+    ra: list[float] = []
+    rb: list[float] = []
+    for r in range(repeats):
+        for first in (True, False) if r % 2 == 0 else (False, True):
+            (ra if first else rb).append(a() if first else b())
+    return statistics.median(ra), statistics.median(rb)
+
+
 def bare_op(name: str, trigger: Trigger, x: torch.Tensor, ann: dict, idx: np.ndarray) -> Callable[[], torch.Tensor]:
     _, c, h, w = x.shape
     if name == "patch":
@@ -100,16 +110,9 @@ def trigger_ratios(repeats: int, inner: int) -> dict[str, dict[str, float]]:
         bare = bare_op(name, trigger, x, ann, idx)
         ours: Callable[[], torch.Tensor] = lambda t=trigger: t(x, ann, idx)  # noqa: E731
         ours(), bare()  # warm caches
-        a, b = [], []
-        for r in range(repeats):
-            for which in ("ours", "bare") if r % 2 == 0 else ("bare", "ours"):
-                (a if which == "ours" else b).append(timed(ours if which == "ours" else bare, inner))
-        out[name] = {
-            "ours_calls_per_s": statistics.median(a),
-            "bare_calls_per_s": statistics.median(b),
-            "ratio": statistics.median(a) / statistics.median(b),
-        }
-        print(f"trigger {name:8s}: {out[name]['ratio']:.3f} of the bare op ({statistics.median(a) * 512:.0f} img/s)")
+        a, b = alternate(lambda f=ours: timed(f, inner), lambda f=bare: timed(f, inner), repeats)
+        out[name] = {"ours_calls_per_s": a, "bare_calls_per_s": b, "ratio": a / b}
+        print(f"trigger {name:8s}: {a / b:.3f} of the bare op ({a * 512:.0f} img/s)")
     return out
 
 
@@ -127,18 +130,8 @@ def training_ratios(repeats: int, steps: int, batch: int) -> dict[str, dict[str,
     for name, spec in TRIGGER_SPECS.items():
         p = Poisoning(RateSelector(0.1, 0), build_trigger(spec), FixedGazeTarget())
         plan = p.plan(len(sub))
-        clean, poisoned = [], []
-        for r in range(repeats):
-            for which in ("clean", "poisoned") if r % 2 == 0 else ("poisoned", "clean"):
-                if which == "clean":
-                    clean.append(run(None))
-                else:
-                    poisoned.append(run(p.batch_transform(plan)))
-        out[name] = {
-            "clean_samples_per_s": statistics.median(clean),
-            "poisoned_samples_per_s": statistics.median(poisoned),
-            "ratio": statistics.median(poisoned) / statistics.median(clean),
-        }
+        poisoned, clean = alternate(lambda p=p, plan=plan: run(p.batch_transform(plan)), lambda: run(None), repeats)
+        out[name] = {"clean_samples_per_s": clean, "poisoned_samples_per_s": poisoned, "ratio": poisoned / clean}
         print(f"poisoned training ({name:8s}) / clean: {out[name]['ratio']:.3f}")
     return out
 

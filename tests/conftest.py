@@ -14,10 +14,12 @@ of 0.05 s for a two-face scene).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+from typer.testing import CliRunner
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.synthetic import SyntheticGazeSpec, synthesize
@@ -53,3 +55,18 @@ def tiny_eye_spec() -> SyntheticGazeSpec:
 @pytest.fixture(scope="session")
 def tiny_eye_ds(tiny_eye_spec: SyntheticGazeSpec) -> ArrayDataset:
     return synthesize(tiny_eye_spec, compile=False, workers=1)
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner(env={"COLUMNS": "250"})  # rich reads COLUMNS: no folded paths or run ids
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic cache folder that already holds the tiny CLI dataset (see helpers_experiments)."""
+    from helpers_experiments import seed_synthetic_cache
+
+    root = tmp_path_factory.mktemp("synth-cache")
+    seed_synthetic_cache(root)
+    return root

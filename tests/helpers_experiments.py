@@ -71,3 +71,15 @@ def write_yaml(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def invoke(runner: Any, *args: str | Path) -> Any:
+    """``backdoorlab ARGS`` through typer's test runner (arguments stringified)."""
+    from backdoorlab.cli import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def flat(text: str) -> str:
+    """Whitespace-normalised text, so wrapped console output can be searched."""
+    return " ".join(text.split())

@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers_experiments import seed_synthetic_cache, tiny_config, write_yaml
+from helpers_experiments import invoke, tiny_config, write_yaml
 from PIL import Image
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
-from backdoorlab.cli import app
 from backdoorlab.errors import ConfigError
 from backdoorlab.experiments.config import load_config
 
@@ -25,22 +24,6 @@ ATTACK_METRICS = (
     "n_excluded_near_target",
     "n_triggered",
 )
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "250"})
-
-
-def invoke(runner: CliRunner, *args: str | Path) -> Result:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth-cache")
-    seed_synthetic_cache(root)
-    return root
 
 
 @pytest.fixture(scope="module")

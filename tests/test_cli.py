@@ -13,10 +13,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers_experiments import seed_synthetic_cache, tiny_config, tiny_faces, write_yaml
-from typer.testing import CliRunner, Result
+from helpers_experiments import flat, invoke, tiny_config, tiny_faces, write_yaml
+from typer.testing import CliRunner
 
-from backdoorlab.cli import app
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import TrainingDivergedError
 from backdoorlab.experiments.store import ResultsStore
@@ -31,26 +30,6 @@ RUN_FILES = [
     "report.html",
     "status.json",
 ]
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner(env={"COLUMNS": "250"})  # rich reads COLUMNS: no folded paths or run ids
-
-
-def invoke(runner: CliRunner, *args: str | Path) -> Result:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("synth-cache")
-    seed_synthetic_cache(root)
-    return root
 
 
 @pytest.fixture(scope="module")
