@@ -134,3 +134,25 @@ def test_a_strong_toy_backdoor_is_learned(cache: Path, tmp_path: Path) -> None:
     bad = execute(validate_config(tiny_config(cache, name="toy", attack=attack, train=train)), tmp_path, progress=False)
     assert bad.metrics["attack_success_rate"] >= 0.6, bad.metrics
     assert bad.metrics["attack_error_deg"] < bad.metrics["triggered_true_error_deg"]
+
+
+def test_attack_file_may_hold_the_section_itself(tmp_path: Path) -> None:
+    from backdoorlab.experiments.attack import load_attack
+
+    bare = write_yaml(tmp_path / "bare.yaml", {"trigger": {"name": "wanet", "k": 8}, "rate": 0.2})
+    cfg = load_attack(bare)
+    assert cfg.trigger["k"] == 8 and cfg.trigger["s"] == 0.5 and cfg.rate == 0.2
+    with pytest.raises(ConfigError, match="unknown key 'rat'"):
+        load_attack(write_yaml(tmp_path / "typo.yaml", {"attack": {"rat": 0.2}}))
+
+
+def test_resizing_data_for_a_model_moves_the_landmarks_with_the_pixels() -> None:
+    from helpers_experiments import tiny_faces
+
+    from backdoorlab.experiments.evaluate import adapt_images
+
+    ds = tiny_faces()
+    big = adapt_images(ds, (3, 64, 64))
+    assert big.images.shape[1:] == (64, 64, 3)
+    assert np.allclose(big.annotations["landmarks"], 2 * ds.annotations["landmarks"])
+    assert np.allclose(big.annotations["face_box"], 2 * ds.annotations["face_box"])
