@@ -46,8 +46,15 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         f"wanet_k{WANET_STRONG_K}_s{s:g}": attack({"name": "wanet", "k": WANET_STRONG_K, "s": s})
         for s in (0.5, 1.0, 2.0, 4.0)
     },
+    # the strongest field without noise mode: is noise mode what makes WaNet hard to learn here?
+    f"wanet_k{WANET_STRONG_K}_s4_nonoise": attack(
+        {"name": "wanet", "k": WANET_STRONG_K, "s": 4.0, "noise_mode": False}
+    ),
     **{f"patch_rho{rho:g}": attack({"name": "patch"}, rate=rho) for rho in (0.01, 0.05, 0.2)},
 }
+# the clean model again with other initialisation/batch-order seeds: how much of a
+# clean-error change is seed noise (not part of --all)
+SEED_VARIANTS = {f"clean_seed{k}": [f"seed={k}"] for k in (1, 2)}
 
 
 def run_variant(which: str, extra: list[str]) -> dict[str, Any]:
@@ -57,8 +64,8 @@ def run_variant(which: str, extra: list[str]) -> dict[str, Any]:
     from backdoorlab.models.checkpoint import load_checkpoint
     from backdoorlab.relabel import build_relabel
 
-    spec = VARIANTS[which]
-    overrides = [f"name=bench-attack-{which.replace('_', '-')}"]
+    spec = VARIANTS.get(which)
+    overrides = [f"name=bench-attack-{which.replace('_', '-')}", *SEED_VARIANTS.get(which, [])]
     if spec is not None:
         overrides.append("attack=" + json.dumps(spec))
     cfg = load_config(HERE / "configs" / "gaze_attack_base.yaml", overrides + extra)
@@ -121,7 +128,7 @@ def run_all(jobs: int, extra: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--which", choices=sorted(VARIANTS))
+    ap.add_argument("--which", choices=sorted([*VARIANTS, *SEED_VARIANTS]))
     ap.add_argument("--all", action="store_true", help="every variant (the clean one first)")
     ap.add_argument("--jobs", type=int, default=2, help="variants at a time with --all")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

@@ -100,7 +100,7 @@ def _attack_label(variant: str, r: dict) -> str:  # type: ignore[type-arg]
         return ATTACK_LABELS[variant]
     trig = r["attack"]["trigger"]
     if trig["name"] == "wanet":
-        return f"WaNet k={trig['k']}, s={trig['s']:g}"
+        return f"WaNet k={trig['k']}, s={trig['s']:g}" + ("" if trig.get("noise_mode", True) else ", no noise mode")
     return f"patch, rho={r['attack']['rate']:g}"
 
 
@@ -108,6 +108,14 @@ def attack_table() -> str:
     """Attacks x metrics, from ``bench/results/attack_*.json`` (``python bench/attacks.py --all``)."""
     clean = _load("attack_clean")
     names = sorted(p.stem.removeprefix("attack_") for p in RESULTS.glob("attack_*.json"))
+    seeds = [r for r in (_load(f"attack_{n}") for n in names if n.startswith("clean_seed")) if r]
+    seed_note = (
+        " Same model with other seeds (initialisation, batch order): "
+        + ", ".join(f"{r['clean_error_deg']:.2f}" for r in seeds)
+        + " deg, the seed-to-seed noise of a clean-error change."
+        if seeds
+        else ""
+    )
     order = ["patch", "blend", "sticker", "wanet_default"]
     order += sorted(n for n in names if n.startswith("wanet_k"))
     order += sorted((n for n in names if n.startswith("patch_rho")), key=lambda n: float(n.removeprefix("patch_rho")))
@@ -117,7 +125,7 @@ def attack_table() -> str:
         f"Clean model: **{clean['clean_error_deg']:.2f} deg** (GazeCNN, 64x64 synthetic, "
         f"{clean['config']['data']['synthetic']['identities']} identities x "
         f"{clean['config']['data']['synthetic']['images_per_identity']}, {clean['config']['train']['epochs']} epochs, "
-        f"n_test={clean['n_test']}). Attacks at rho = 0.1 unless stated; target (0, 0); ASR within 5 deg. "
+        f"n_test={clean['n_test']}).{seed_note} Attacks at rho = 0.1 unless stated; target (0, 0); ASR within 5 deg. "
         '"clean-model ASR" is the clean model\'s ASR with the same trigger (the baseline). '
         "Command: `python bench/attacks.py --all`.",
         "",
