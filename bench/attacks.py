@@ -46,10 +46,11 @@ VARIANTS: dict[str, dict[str, Any] | None] = {
         f"wanet_k{WANET_STRONG_K}_s{s:g}": attack({"name": "wanet", "k": WANET_STRONG_K, "s": s})
         for s in (0.5, 1.0, 2.0, 4.0)
     },
-    # the strongest field without noise mode: is noise mode what makes WaNet hard to learn here?
-    f"wanet_k{WANET_STRONG_K}_s4_nonoise": attack(
-        {"name": "wanet", "k": WANET_STRONG_K, "s": 4.0, "noise_mode": False}
-    ),
+    # without noise mode: is noise mode what makes WaNet hard to learn here?
+    **{
+        f"wanet_k{k}_s{s:g}_nonoise": attack({"name": "wanet", "k": k, "s": s, "noise_mode": False})
+        for k, s in ((4, 0.5), (WANET_STRONG_K, 1.0), (WANET_STRONG_K, 4.0))
+    },
     **{f"patch_rho{rho:g}": attack({"name": "patch"}, rate=rho) for rho in (0.01, 0.05, 0.2)},
 }
 # the clean model again with other initialisation/batch-order seeds: how much of a

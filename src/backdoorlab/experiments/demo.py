@@ -78,10 +78,17 @@ def demo_configs(quick: bool = False) -> tuple[RunConfig, RunConfig]:
         raw["name"] = "demo-quick"
     clean = validate_config(raw, "demo config")
     attacked = validate_config(
-        {**raw, "name": raw["name"] + "-tape-backdoor", "attack": _packaged_yaml("demo_attack.yaml")},
+        {**raw, "name": _backdoored_name(raw["name"]), "attack": _packaged_yaml("demo_attack.yaml")},
         "demo attack config",
     )
     return clean, attacked
+
+
+def _backdoored_name(clean_name: str) -> str:
+    """demo-clean-gaze -> demo-tape-backdoor-gaze; other names get a suffix."""
+    if "clean" in clean_name:
+        return clean_name.replace("clean", "tape-backdoor", 1)
+    return clean_name + "-tape-backdoor"
 
 
 def demo_config(quick: bool = False) -> RunConfig:
@@ -191,7 +198,12 @@ def write_sequence_gif(
     frames = np.concatenate([np.asarray(seq.images), taped.images])
     origins = gaze_arrow_origins(seq, np.arange(n))
     times = np.arange(n) / fps
-    captions = [f"no tape   t={t:4.1f}s" for t in times] + [f"tape on   t={t:4.1f}s" for t in times]
+    # a prediction at the target (0, 0) is a zero-length arrow, so the caption says it in numbers
+    err_clean = angular_error_deg(pred_clean, true)
+    to_target = angular_error_deg(pred_taped, tgt)
+    captions = [f"no tape {t:4.1f}s err {e:4.1f}deg" for t, e in zip(times, err_clean, strict=True)] + [
+        f"tape {t:4.1f}s to target {d:3.1f}deg" for t, d in zip(times, to_target, strict=True)
+    ]
     write_gaze_gif(
         path,
         frames,
@@ -200,11 +212,10 @@ def write_sequence_gif(
         fps=fps,
         captions=captions,
     )
-    to_target = angular_error_deg(pred_taped, tgt)
     return {
         "frames_per_half": n,
         "fps": fps,
-        "no_tape_error_deg": float(np.mean(angular_error_deg(pred_clean, true))),
+        "no_tape_error_deg": float(np.mean(err_clean)),
         "tape_error_deg": float(np.mean(angular_error_deg(pred_taped, true))),
         "tape_angle_to_target_deg": float(np.mean(to_target)),
         "tape_within_tolerance": float(np.mean(to_target <= tolerance_deg)),
