@@ -17,6 +17,7 @@ STEPS = [
     ["clean_gaze.py", "--which", "masked"],
     ["clean_gaze.py", "--which", "resnet18"],
     ["trigger_throughput.py"],
+    ["trigger_gallery.py"],
     ["attacks.py", "--all", "--jobs", "2"],
     ["report_screenshot.py"],
 ]
