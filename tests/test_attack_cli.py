@@ -87,6 +87,13 @@ BAD_ATTACKS = [
     ({"relabel": {"name": "target", "target_deg": [120, 0]}}, "target_deg"),
     ({"relabel": {"name": "target", "target_deg": "up"}}, "target_deg"),
     ({"trigger": "patch"}, "attack.trigger must be a mapping"),
+    ({"trigger": {"name": "patch", "pattern": 5}}, "patch pattern must be"),
+    ({"trigger": {"name": "patch", "center": "ab"}}, "patch center"),
+    ({"trigger": {"name": "wanet", "s": "x"}}, "wanet s must be a finite number"),
+    ({"trigger": {"name": "wanet", "k": 4.5}}, "wanet k must be an integer"),
+    ({"trigger": {"name": "blend", "alpha": True}}, "blend alpha"),
+    ({"relabel": {"name": "shift", "shift_deg": [3, 0]}}, "no more than asr_tolerance_deg"),
+    ({"seed": -1}, "attack.seed"),
 ]
 
 
@@ -156,3 +163,43 @@ def test_resizing_data_for_a_model_moves_the_landmarks_with_the_pixels() -> None
     assert big.images.shape[1:] == (64, 64, 3)
     assert np.allclose(big.annotations["landmarks"], 2 * ds.annotations["landmarks"])
     assert np.allclose(big.annotations["face_box"], 2 * ds.annotations["face_box"])
+
+
+def test_a_runs_pattern_survives_the_file_moving(cache: Path, tmp_path: Path, runner) -> None:
+    """The pattern's pixels are stored with the run; reloading never needs the file again."""
+    import torch
+
+    from backdoorlab.experiments.attack import load_run_attack
+    from backdoorlab.experiments.config import validate_config
+    from backdoorlab.experiments.run import execute
+
+    png = tmp_path / "tape.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(png)
+    attack = {"trigger": {"name": "blend", "pattern": str(png), "alpha": 0.3}}
+    out = execute(validate_config(tiny_config(cache, name="png", attack=attack)), tmp_path / "runs", progress=False)
+    _, before = load_run_attack(out.run_dir)
+    png.unlink()
+    _, after = load_run_attack(out.run_dir)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(before(x), after(x))
+    result = invoke(runner, "eval", out.run_dir)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out.run_dir / "eval" / "run.json").read_text())["attack_success_rate"] == pytest.approx(
+        out.metrics["attack_success_rate"]
+    )
+
+
+def test_sticker_eval_on_data_without_landmarks_fails_before_scoring(
+    runner, attacked: dict[str, Any], tmp_path: Path
+) -> None:
+    from helpers_experiments import tiny_faces
+
+    from backdoorlab.data.arrays import ArrayDataset
+
+    ds = tiny_faces()
+    keep = {k: v for k, v in ds.annotations.items() if k in ("gaze", "identity")}
+    ArrayDataset(np.asarray(ds.images), keep, {}).save(tmp_path / "bare")
+    result = invoke(runner, "eval", attacked["run_dir"], "--data", tmp_path / "bare")
+    assert result.exit_code == 2
+    assert "needs the annotation 'landmarks' or 'eye_corners'" in " ".join(result.output.split())

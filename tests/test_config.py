@@ -243,3 +243,9 @@ def test_example_configs_validate(path: Path) -> None:
     cfg = load_config(path)
     if path.name.startswith("backdoor_"):
         assert cfg.attack is not None
+
+
+def test_clean_config_hash_is_unchanged_by_the_attack_section() -> None:
+    """Pinned: the hash of the default config from before attacks existed (store lookups key on it)."""
+    assert RunConfig().config_hash() == "8404b70f73ae"
+    assert RunConfig(attack={"trigger": {"name": "patch"}}).config_hash() != "8404b70f73ae"

@@ -73,7 +73,8 @@ class FixedGazeTarget(Relabel):
 
     def targets(self, labels: Tensor | np.ndarray) -> Tensor:
         n = len(labels)
-        return self.target.expand(n, 2).clone()
+        device = labels.device if isinstance(labels, Tensor) else "cpu"
+        return self.target.to(device).expand(n, 2).clone()
 
     def params(self) -> dict[str, Any]:
         return {"name": self.name, "target_deg": list(self.target_deg)}

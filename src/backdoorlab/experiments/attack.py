@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
-from backdoorlab.errors import CheckpointError, ConfigError
-from backdoorlab.experiments.config import AttackConfig, load_config
+from backdoorlab.errors import BackdoorLabError, CheckpointError, ConfigError
+from backdoorlab.experiments.config import AttackConfig, RunConfig, load_config
 from backdoorlab.metrics.attack import attack_metrics, target_spread_deg
 from backdoorlab.metrics.image_quality import psnr_db, ssim
 from backdoorlab.poisoning import Poisoning, RateSelector
@@ -58,14 +58,15 @@ def load_attack(source: str | Path) -> AttackConfig:
         raise ConfigError(_format_validation(exc, str(p))) from None
 
 
-def load_run_attack(run_dir: Path) -> tuple[AttackConfig, Trigger]:
-    """The attack of a backdoored run, with the trigger state it was trained with."""
+def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor] | None]:
+    """A run's resolved config and stored trigger tensors.
+
+    The tensors are handed to config validation, so an attacked run whose pattern file
+    has moved or been deleted since training still loads (its pixels are in the run).
+    """
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise ConfigError(f"{run_dir} has no config.yaml: not a run folder")
-    cfg = load_config(cfg_path)
-    if cfg.attack is None:
-        raise ConfigError(f"run {run_dir.name} is not an attacked run (its config has no 'attack' section)")
     state = None
     state_path = run_dir / "trigger.safetensors"
     if state_path.is_file():
@@ -76,6 +77,14 @@ def load_run_attack(run_dir: Path) -> tuple[AttackConfig, Trigger]:
             state = load_file(str(state_path))
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{state_path} is not a readable safetensors file: {exc}") from None
+    return load_config(cfg_path, context={"trigger_state": state}), state
+
+
+def load_run_attack(run_dir: Path) -> tuple[AttackConfig, Trigger]:
+    """The attack of a backdoored run, with the trigger state it was trained with."""
+    cfg, state = load_run_config(run_dir)
+    if cfg.attack is None:
+        raise ConfigError(f"run {run_dir.name} is not an attacked run (its config has no 'attack' section)")
     return cfg.attack, build_trigger(cfg.attack.trigger, state)
 
 
@@ -114,7 +123,10 @@ def evaluate_attack(
     pred = torch.cat(preds).numpy().astype(np.float64)
     true = np.asarray(data.annotations["gaze"], np.float64)
     targets = relabel.targets(true).numpy().astype(np.float64)
-    metrics: dict[str, Any] = dict(attack_metrics(pred, true, targets, tolerance_deg))
+    try:
+        metrics: dict[str, Any] = dict(attack_metrics(pred, true, targets, tolerance_deg))
+    except ValueError as exc:  # e.g. every test sample already within the tolerance of its target
+        raise BackdoorLabError(f"cannot score the attack on this data: {exc}") from None
     psnr_all, ssim_all = torch.cat(psnrs).numpy(), torch.cat(ssims).numpy()
     metrics.update(
         psnr_db=float(psnr_all.mean()),

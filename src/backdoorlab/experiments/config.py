@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec
 from backdoorlab.errors import ConfigError
@@ -75,12 +76,12 @@ class AttackConfig(_Strict):
     trigger: dict[str, Any] = Field(default_factory=lambda: {"name": "patch"})
     relabel: dict[str, Any] = Field(default_factory=lambda: {"name": "target", "target_deg": [0.0, 0.0]})
     rate: float = Field(0.1, gt=0, le=1, description="fraction of training samples poisoned (rho)")
-    seed: int = Field(0, description="selects the poisoned samples and draws random trigger elements")
+    seed: int = Field(0, ge=0, description="selects the poisoned samples and draws random trigger elements")
     asr_tolerance_deg: float = Field(5.0, gt=0, le=90, description="attack success = within this of the target")
 
     @model_validator(mode="before")
     @classmethod
-    def _resolve(cls, raw: Any) -> Any:
+    def _resolve(cls, raw: Any, info: ValidationInfo) -> Any:
         from backdoorlab.relabel import build_relabel
         from backdoorlab.triggers import build_trigger
 
@@ -98,9 +99,19 @@ class AttackConfig(_Strict):
             if key == "trigger" and "seed" not in spec:
                 spec["seed"] = out.get("seed", 0)  # one attack seed unless the trigger sets its own
             try:
-                out[key] = build(spec).params()
+                if key == "trigger":  # a run's stored tensors (a pattern file's pixels) replace the file
+                    out[key] = build_trigger(spec, (info.context or {}).get("trigger_state")).params()
+                else:
+                    out[key] = build(spec).params()
             except ConfigError as exc:
                 raise ValueError(f"attack.{key}: {exc}") from None
+        shift = out["relabel"].get("shift_deg")
+        tol = out.get("asr_tolerance_deg", 5.0)
+        if shift is not None and isinstance(tol, int | float) and math.hypot(*shift) <= tol:
+            raise ValueError(
+                f"attack.relabel.shift_deg {shift} moves the gaze by no more than asr_tolerance_deg={tol}: "
+                "every sample would already count as a success"
+            )
         return out
 
 
@@ -119,7 +130,10 @@ class RunConfig(_Strict):
 
     def config_hash(self) -> str:
         """Stable hash of the resolved config (sweeps key resumption on it)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        dump = self.model_dump(mode="json")
+        if dump.get("attack") is None:  # clean runs keep the hashes they had before attacks existed
+            dump.pop("attack", None)
+        blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
@@ -170,19 +184,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def validate_config(raw: Any, origin: str = "config") -> RunConfig:
+def validate_config(raw: Any, origin: str = "config", context: dict[str, Any] | None = None) -> RunConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of keys, got {type(raw).__name__}")
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context=context)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, origin)) from None
 
 
-def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a YAML run config (``None`` = all defaults)."""
+def load_config(
+    path: str | os.PathLike[str] | None, overrides: list[str] | None = None, context: dict[str, Any] | None = None
+) -> RunConfig:
+    """Read, override and validate a YAML run config (``None`` = all defaults).
+
+    ``context`` reaches the validators; ``{"trigger_state": tensors}`` rebuilds an attacked
+    run's trigger from its stored tensors instead of re-reading a pattern file.
+    """
     raw: Any = {}
     origin = "config"
     if path is not None:
@@ -196,4 +216,4 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
             raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys")
-    return validate_config(apply_overrides(raw, overrides or []), origin)
+    return validate_config(apply_overrides(raw, overrides or []), origin, context)

@@ -17,8 +17,8 @@ import numpy as np
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError, DatasetError
-from backdoorlab.experiments.attack import evaluate_attack, load_attack, load_run_attack
-from backdoorlab.experiments.config import AttackConfig, load_config
+from backdoorlab.experiments.attack import evaluate_attack, load_attack, load_run_attack, load_run_config
+from backdoorlab.experiments.config import AttackConfig
 from backdoorlab.experiments.run import evaluate_model, load_data
 from backdoorlab.models.checkpoint import load_checkpoint
 from backdoorlab.relabel import build_relabel
@@ -58,10 +58,11 @@ def adapt_images(ds: ArrayDataset, shape: tuple[int, int, int]) -> ArrayDataset:
 def resolve_data(spec: str, run_dir: Path) -> ArrayDataset:
     """'run' -> the run's test split; a folder -> ArrayDataset; KIND:PATH -> a real loader."""
     if spec == "run":
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            raise ConfigError(f"{cfg_path} is missing: cannot rebuild the run's test split (pass --data)")
-        return load_data(load_config(cfg_path))[1]
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(
+                f"{run_dir / 'config.yaml'} is missing: cannot rebuild the run's test split (pass --data)"
+            )
+        return load_data(load_run_config(run_dir)[0])[1]
     m = re.match(r"^([a-z-]+):(.+)$", spec)
     if m and not Path(spec).exists():
         from backdoorlab.data.real import load_real_dataset
@@ -76,8 +77,7 @@ def resolve_data(spec: str, run_dir: Path) -> ArrayDataset:
 def resolve_attack(attack: str | None, run_dir: Path) -> tuple[AttackConfig, Trigger] | None:
     """The trigger to score: ``--attack`` (a YAML file or an attacked run's folder), else the run's own."""
     if attack is None:
-        cfg_path = run_dir / "config.yaml"
-        if cfg_path.is_file() and load_config(cfg_path).attack is not None:
+        if (run_dir / "config.yaml").is_file() and load_run_config(run_dir)[0].attack is not None:
             return load_run_attack(run_dir)
         return None
     p = Path(attack)
@@ -100,11 +100,12 @@ def evaluate_run(
     ds = resolve_data(data, run_dir)
     if "input_shape" in card:
         ds = adapt_images(ds, tuple(card["input_shape"]))  # type: ignore[arg-type]
+    if chosen is not None:  # before any work: the trigger may need landmarks this data lacks
+        chosen[1].check_annotations(ds.annotations.keys(), f"--data {data}")
     metrics, _ = evaluate_model(model, ds, card.get("task", "gaze"), device=device)
     metrics["data"] = data
     if chosen is not None:
         acfg, trigger = chosen
-        trigger.check_annotations(ds.annotations.keys(), f"--data {data}")
         result = evaluate_attack(
             model, ds, trigger, build_relabel(acfg.relabel), acfg.asr_tolerance_deg, device=pick_device(device)
         )

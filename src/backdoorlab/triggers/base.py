@@ -104,6 +104,21 @@ class Trigger(ABC):
         return f"{type(self).__name__}({args})"
 
 
+def number(value: Any, field: str, who: str, integer: bool = False) -> float:
+    """A finite real number (not a bool or string), or a ConfigError naming the field."""
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if ok and np.isfinite(value) and (not integer or float(value) == int(value)):
+        return float(value)
+    kind = "an integer" if integer else "a finite number"
+    raise ConfigError(f"{who} {field} must be {kind}, got {value!r}")
+
+
+def pattern_name(value: Any, who: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{who} pattern must be a built-in name or a path to an image file, got {value!r}")
+    return value
+
+
 def check_batch(images: Tensor, who: str) -> None:
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from backdoorlab.errors import ConfigError
-from backdoorlab.triggers.base import Tensor, Trigger, load_pattern_image, resize_pattern
+from backdoorlab.triggers.base import Tensor, Trigger, load_pattern_image, number, pattern_name, resize_pattern
 
 NOISE_RESOLUTION = 64  # noise is drawn at this size and resized to the image (same trigger at any size)
 
@@ -25,15 +25,22 @@ class BlendTrigger(Trigger):
         pattern: "noise" (seeded uniform noise, RGB) or a path to an image file.
         alpha: blend weight of the pattern, in (0, 1].
         seed: drives the noise pattern.
+        pattern_pixels: the pattern as stored with a run (then nothing is drawn or read).
     """
 
     name = "blend"
 
-    def __init__(self, pattern: str = "noise", alpha: float = 0.1, seed: int = 0) -> None:
+    def __init__(
+        self, pattern: str = "noise", alpha: float = 0.1, seed: int = 0, pattern_pixels: Tensor | None = None
+    ) -> None:
+        pattern = pattern_name(pattern, "blend")
+        alpha = number(alpha, "alpha", "blend")
         if not 0 < alpha <= 1:
             raise ConfigError(f"blend alpha must be in (0, 1], got {alpha}")
         self.pattern, self.alpha, self.seed = pattern, float(alpha), int(seed)
-        if pattern == "noise":
+        if pattern_pixels is not None:  # stored with a run: the file may have moved since
+            self._source = pattern_pixels.float()
+        elif pattern == "noise":
             g = torch.Generator().manual_seed(self.seed)
             self._source = torch.rand(3, NOISE_RESOLUTION, NOISE_RESOLUTION, generator=g)
         else:

@@ -14,7 +14,7 @@ import torch
 
 from backdoorlab.errors import ConfigError
 from backdoorlab.triggers._random import per_sample_uniform
-from backdoorlab.triggers.base import Tensor, Trigger, load_pattern_image, resize_pattern
+from backdoorlab.triggers.base import Tensor, Trigger, load_pattern_image, number, pattern_name, resize_pattern
 
 BUILTIN_PATTERNS = ("white", "checkerboard")
 
@@ -36,6 +36,7 @@ class PatchTrigger(Trigger):
 
     Args:
         pattern: "white", "checkerboard", or a path to an image file (resized to the patch).
+        pattern_pixels: the file's pixels as stored with a run (then the file is not read).
         size: side of the patch as a fraction of the image's shorter side, in (0, 1].
         location: "fixed" (centre at ``center``) or "random" (uniform, fully inside).
         center: (x, y) of the patch centre as fractions of width and height ("fixed").
@@ -53,19 +54,28 @@ class PatchTrigger(Trigger):
         center: tuple[float, float] = (0.85, 0.85),
         opacity: float = 1.0,
         seed: int = 0,
+        pattern_pixels: Tensor | None = None,
     ) -> None:
+        pattern = pattern_name(pattern, "patch")
+        size, opacity = number(size, "size", "patch"), number(opacity, "opacity", "patch")
         if not 0 < size <= 1:
             raise ConfigError(f"patch size must be in (0, 1] (a fraction of the image side), got {size}")
         if not 0 <= opacity <= 1:
             raise ConfigError(f"patch opacity must be in [0, 1], got {opacity}")
         if location not in ("fixed", "random"):
             raise ConfigError(f"patch location must be 'fixed' or 'random', got {location!r}")
-        cx, cy = (float(c) for c in center)
+        if isinstance(center, str) or not hasattr(center, "__len__") or len(center) != 2:
+            raise ConfigError(f"patch center must be [x, y] fractions in [0, 1], got {center!r}")
+        cx, cy = (number(c, "center", "patch") for c in center)
         if not (0 <= cx <= 1 and 0 <= cy <= 1):
             raise ConfigError(f"patch center must be fractions in [0, 1], got {tuple(center)}")
         self.pattern, self.size, self.location = pattern, float(size), location
         self.center, self.opacity, self.seed = (cx, cy), float(opacity), int(seed)
-        self._source = None if pattern in BUILTIN_PATTERNS else load_pattern_image(pattern)
+        # a run's stored pixels win over the file, which may have moved since training
+        if pattern in BUILTIN_PATTERNS:
+            self._source = None
+        else:
+            self._source = pattern_pixels.float() if pattern_pixels is not None else load_pattern_image(pattern)
         self._cache: dict[tuple[Any, ...], Tensor] = {}
 
     def params(self) -> dict[str, Any]:

@@ -27,9 +27,12 @@ def build_trigger(params: Mapping[str, Any], state: Mapping[str, torch.Tensor] |
         raise ConfigError(f"unknown trigger '{name}' (known: {', '.join(sorted(TRIGGERS))})")
     if "center" in kwargs and isinstance(kwargs["center"], list):
         kwargs["center"] = tuple(kwargs["center"])
+    state = dict(state or {})
+    if "pattern" in state and name in ("patch", "blend"):
+        kwargs["pattern_pixels"] = state.pop("pattern")  # never re-read a file the run already stored
     try:
         trigger = TRIGGERS[name](**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"trigger '{name}': {exc}") from None
     if state:
         trigger.load_state(state)

@@ -9,7 +9,9 @@ The published construction, reproduced here:
    [-1, 1], and the triggered image is ``grid_sample(image, grid, align_corners=True)``;
 4. "noise mode": extra samples (``cross_ratio`` per poisoned sample) are warped with
    the grid plus uniform noise in [-1/H, 1/H] and keep their *true* labels, which
-   forces the model to learn the exact warp and not "any warp".
+   forces the model to learn the exact warp and not "any warp". (The published code
+   takes the noise samples from each batch; here :mod:`backdoorlab.poisoning` picks a
+   fixed, seeded set of non-poisoned samples and draws fresh noise at every pass.)
 
 The control field is drawn once per attack from the seed and stored with the run
 (:meth:`WaNetTrigger.state`), so the same warp is used at training and test time.
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from backdoorlab.errors import BackdoorLabError, ConfigError
-from backdoorlab.triggers.base import Tensor, Trigger
+from backdoorlab.triggers.base import Tensor, Trigger, number
 
 
 class WaNetTrigger(Trigger):
@@ -53,7 +55,11 @@ class WaNetTrigger(Trigger):
         cross_ratio: float = 2.0,
         seed: int = 0,
     ) -> None:
-        if int(k) != k or k < 2:
+        k = int(number(k, "k", "wanet", integer=True))
+        s = number(s, "s", "wanet")
+        grid_rescale = number(grid_rescale, "grid_rescale", "wanet")
+        cross_ratio = number(cross_ratio, "cross_ratio", "wanet")
+        if k < 2:
             raise ConfigError(f"wanet k must be an integer >= 2, got {k}")
         if not s > 0:
             raise ConfigError(f"wanet s (strength) must be > 0, got {s}")
