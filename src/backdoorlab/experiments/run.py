@@ -253,7 +253,7 @@ def attack_report_sections(
     n = min(len(idx), 8)
     sel = idx[np.linspace(0, len(idx) - 1, n).astype(int)] if n else idx[:0]
     return attack_sections(
-        metrics={**attack_eval.metrics, "trigger": describe_trigger(trigger)},
+        metrics={**attack_eval.metrics, "trigger": repr(trigger)},
         clean_images=np.asarray(test_ds.images[sel]),
         triggered_images=triggered_images(test_ds, trigger, sel),
         true_gaze=np.asarray(test_ds.annotations["gaze"][sel]),
@@ -265,11 +265,6 @@ def attack_report_sections(
         angle_to_target_clean=np.asarray(angular_error_deg(preds, attack_eval.targets)),
         tolerance_deg=tolerance_deg,
     )
-
-
-def describe_trigger(trigger: Trigger) -> str:
-    params = {k: v for k, v in trigger.params().items() if k != "name"}
-    return f"{trigger.name}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
 def evaluate_model(
