@@ -240,6 +240,16 @@ def test_config_hash_changes_with_a_value(tmp_path: Path, override: str) -> None
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_example_configs_validate(path: Path) -> None:
+    raw = yaml.safe_load(path.read_text())
+    if "grid" in raw or "runs" in raw:  # a sweep: every point must be a valid run
+        from backdoorlab.experiments.sweep import expand, load_sweep
+
+        planned = expand(*load_sweep(path))
+        assert len(planned) >= 2
+        if path.parent.name == "zoo":  # the minimum zoo: 10 clean + 10 backdoored
+            assert sum(r.config.attack is None for r in planned) >= 10
+            assert sum(r.config.attack is not None for r in planned) >= 10
+        return
     cfg = load_config(path)
     if path.name.startswith("backdoor_"):
         assert cfg.attack is not None

@@ -1,4 +1,4 @@
-"""Command line: ``backdoorlab data synth | train | eval | runs | demo``.
+"""Command line: ``backdoorlab data synth | train | eval | runs | sweep | demo``.
 
 Every command turns a :class:`~backdoorlab.errors.BackdoorLabError` into one line on
 stderr and exit code 2, so scripts and sweeps can rely on the exit status.
@@ -206,6 +206,55 @@ def runs(
         status_txt = r["status"] if r["status"] != "failed" else f"failed: {(r['error'] or '')[:60]}"
         table.add_row(r["run_id"], status_txt, r["model_name"] or "", *vals)
     console.print(table)
+
+
+@app.command()
+@friendly_errors
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="sweep YAML: base config, grid / runs of overrides, resources")],
+    engine: Annotated[str, typer.Option(help="local (processes on this machine) or ray")] = "local",
+    workers: Annotated[int, typer.Option(help="local engine: runs at a time")] = 1,
+    address: Annotated[str | None, typer.Option(help="ray engine: cluster address (default: a local Ray)")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
+    store: Annotated[Path | None, typer.Option(help="SQLite results store (default RUNS_DIR/results.sqlite)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="list the runs and what is already complete; run nothing")] = False,
+) -> None:
+    """Run every point of a sweep that is not complete yet (resumable; failures do not stop it)."""
+    from backdoorlab.experiments.store import ResultsStore
+    from backdoorlab.experiments.sweep import expand, load_sweep, run_sweep
+
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    sweep_spec, base = load_sweep(spec)
+    planned = expand(sweep_spec, base, str(spec))
+    if dry_run:
+        db_path = store or runs_dir / "results.sqlite"
+        db = ResultsStore(db_path) if db_path.is_file() else None
+        table = Table(title=f"sweep {spec} ({len(planned)} runs)")
+        for col in ("run name", "config hash", "overrides", "status"):
+            table.add_column(col, overflow="fold")
+        for r in planned:
+            done = db is not None and db.find_complete(r.config_hash) is not None
+            table.add_row(r.config.name, r.config_hash, json.dumps(r.overrides), "complete" if done else "to run")
+        console.print(table)
+        return
+
+    def progress(status: str, ident: str, error: str) -> None:
+        line = error.splitlines()[0] if error else ""
+        console.print(f"{status:8s} {ident}" + (f": {escape(line)}" if line else ""), highlight=False)
+
+    out = run_sweep(
+        planned, runs_dir, store, engine=engine, workers=workers,  # type: ignore[arg-type]
+        resources=sweep_spec.resources, address=address, on_done=progress,
+    )  # fmt: skip
+    console.print(
+        f"sweep {spec.name}: {out.planned} runs; {len(out.skipped)} already complete, "
+        f"{len(out.completed)} completed now, {len(out.failed)} failed"
+    )
+    if out.failed:
+        raise typer.Exit(1)
 
 
 @app.command()
