@@ -1,0 +1,35 @@
+"""The verdict record and the clean-set guard shared by every detector."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from backdoorlab.defenses.base import Verdict, require_clean_samples
+from backdoorlab.errors import BackdoorLabError
+
+
+def test_verdict_json_round_trip_without_the_images(tmp_path) -> None:
+    v = Verdict(
+        method="securegaze",
+        backdoored=True,
+        score=3.5,
+        threshold=2.0,
+        seconds=1.25,
+        estimated_target_deg=(np.float32(1.5), -2.0),
+        details={"steps": 10},
+        examples=np.zeros((2, 8, 8, 3), np.uint8),
+    )
+    out = v.write(tmp_path / "sub" / "verdict.json")
+    data = json.loads(out.read_text())
+    assert data["backdoored"] is True and data["estimated_target_deg"] == [1.5, -2.0]
+    assert "examples" not in data and data["details"] == {"steps": 10}
+    assert [p.name for p in out.parent.iterdir()] == ["verdict.json"]  # no partial file left
+
+
+def test_clean_set_too_small(tiny_face_ds) -> None:
+    require_clean_samples(tiny_face_ds, 12, "x")
+    with pytest.raises(BackdoorLabError, match="needs at least 13 clean samples; got 12"):
+        require_clean_samples(tiny_face_ds, 13, "SecureGaze")
