@@ -83,4 +83,3 @@ def require_clean_samples(data: ArrayDataset, minimum: int, who: str) -> None:
     """Refuse a clean set too small for a defence to mean anything."""
     if len(data) < minimum:
         raise BackdoorLabError(f"{who} needs at least {minimum} clean samples; got {len(data)}")
-
