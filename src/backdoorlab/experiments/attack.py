@@ -17,7 +17,7 @@ import torch
 
 from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
 from backdoorlab.errors import BackdoorLabError, CheckpointError, ConfigError
-from backdoorlab.experiments.config import AttackConfig, RunConfig, load_config
+from backdoorlab.experiments.config import AttackConfig, RunConfig, load_config, read_yaml_mapping, validate_model
 from backdoorlab.metrics.attack import attack_metrics, target_spread_deg
 from backdoorlab.metrics.image_quality import psnr_db, ssim
 from backdoorlab.poisoning import Poisoning, RateSelector
@@ -35,27 +35,13 @@ def build_poisoning(cfg: AttackConfig) -> Poisoning:
 
 def load_attack(source: str | Path) -> AttackConfig:
     """An attack section from a YAML file (``attack:`` mapping, or the section itself)."""
-    import yaml
-
     p = Path(source)
     if p.is_dir():
         return load_run_attack(p)[0]
     if not p.is_file():
         raise ConfigError(f"--attack {source}: no such file or run folder")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-    if isinstance(raw, dict) and "attack" in raw:
-        raw = raw["attack"]
-    from pydantic import ValidationError
-
-    from backdoorlab.experiments.config import _format_validation
-
-    try:
-        return AttackConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, str(p))) from None
+    raw = read_yaml_mapping(p, "attack file")
+    return validate_model(AttackConfig, raw.get("attack", raw), str(p))
 
 
 def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor] | None]:

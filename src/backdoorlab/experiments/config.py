@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
@@ -195,6 +195,31 @@ def validate_config(raw: Any, origin: str = "config", context: dict[str, Any] | 
         raise ConfigError(_format_validation(exc, origin)) from None
 
 
+def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file = ``{}``), or one ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    return raw
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], raw: Any, origin: str) -> M:
+    """``model.model_validate(raw)`` with errors turned into one ConfigError naming the dotted keys."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, origin)) from None
+
+
 def load_config(
     path: str | os.PathLike[str] | None, overrides: list[str] | None = None, context: dict[str, Any] | None = None
 ) -> RunConfig:
@@ -206,14 +231,6 @@ def load_config(
     raw: Any = {}
     origin = "config"
     if path is not None:
-        p = Path(path)
-        origin = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys")
+        origin = str(path)
+        raw = read_yaml_mapping(path)
     return validate_config(apply_overrides(raw, overrides or []), origin, context)

@@ -39,11 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from backdoorlab.errors import BackdoorLabError, ConfigError
-from backdoorlab.experiments.config import RunConfig, _format_validation, apply_overrides, validate_config
+from backdoorlab.experiments.config import (
+    RunConfig,
+    apply_overrides,
+    read_yaml_mapping,
+    validate_config,
+    validate_model,
+)
 from backdoorlab.experiments.store import ResultsStore
 
 
@@ -78,25 +83,13 @@ class PlannedRun:
 def load_sweep(path: str | os.PathLike[str]) -> tuple[SweepSpec, dict[str, Any]]:
     """Read a sweep file; returns the spec and the base run config (a raw mapping)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file {p} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, str(p))) from None
+    spec = validate_model(SweepSpec, read_yaml_mapping(p, "sweep file"), str(p))
     base: dict[str, Any] = {}
     if spec.base is not None:
         bp = (p.parent / spec.base).resolve()
         if not bp.is_file():
             raise ConfigError(f"{p}: base config {spec.base} does not exist (looked for {bp})")
-        try:
-            base = yaml.safe_load(bp.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{bp} is not valid YAML: {exc}") from exc
+        base = read_yaml_mapping(bp)
     return spec, base
 
 
