@@ -33,3 +33,17 @@ def test_clean_set_too_small(tiny_face_ds) -> None:
     require_clean_samples(tiny_face_ds, 12, "x")
     with pytest.raises(BackdoorLabError, match="needs at least 13 clean samples; got 12"):
         require_clean_samples(tiny_face_ds, 13, "SecureGaze")
+
+
+def test_calibrated_threshold_keeps_the_false_positive_budget() -> None:
+    from backdoorlab.defenses.base import calibrated_threshold
+
+    scores = [0.1, 0.5, 0.2, 0.9, 0.3]
+    t0 = calibrated_threshold(scores, 0.0)
+    assert t0 > 0.9 and t0 < 1.0  # every reference below
+    t2 = calibrated_threshold(scores, 0.2)  # one of five may be flagged
+    assert 0.5 < t2 < 0.9 and sum(s >= t2 for s in scores) == 1
+    with pytest.raises(BackdoorLabError, match="cannot calibrate"):
+        calibrated_threshold([0.1, float("nan")])
+    with pytest.raises(ValueError, match="max_fpr"):
+        calibrated_threshold(scores, 1.0)

@@ -15,6 +15,7 @@ import json
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,55 @@ class Defence(ABC):
 
 
 class Detector(Defence):
+    """Scores a model; ``threshold`` (an attribute) turns the score into a decision."""
+
+    threshold: float
+
     @abstractmethod
     def inspect(self, model: nn.Module, clean_data: ArrayDataset) -> Verdict:
         """Decide whether ``model`` carries a backdoor, from clean data only."""
+
+    def fit(self, reference_models: Sequence[nn.Module], clean_data: ArrayDataset, max_fpr: float = 0.1) -> float:
+        """Calibrate ``threshold`` on models known to be clean; return it.
+
+        Why: a score's scale depends on the architecture and the data, so a fixed
+        threshold travels badly. The threshold is set just above the reference scores
+        so that at most ``max_fpr`` of the references would be flagged (with few
+        references, that is just above the highest).
+        """
+        if not reference_models:
+            raise BackdoorLabError(f"{self.name}.fit needs at least one reference clean model")
+        scores = [self.inspect(m, clean_data).score for m in reference_models]
+        self.threshold = calibrated_threshold(scores, max_fpr)
+        return self.threshold
 
 
 class Mitigator(Defence):
     @abstractmethod
     def repair(self, model: nn.Module, clean_data: ArrayDataset) -> nn.Module:
         """A copy of ``model`` with the backdoor removed or weakened (``model`` is untouched)."""
+
+
+def calibrated_threshold(clean_scores: Sequence[float], max_fpr: float = 0.1) -> float:
+    """The smallest threshold (``score >= threshold`` flags) leaving at most ``max_fpr`` of ``clean_scores`` flagged.
+
+    The threshold sits halfway between the highest clean score that must stay unflagged
+    and the next one up; when every reference must stay unflagged, 5% of the reference
+    spread above the highest, so a new clean model scoring a hair above the references is
+    not flagged by rounding.
+    """
+    if not 0.0 <= max_fpr < 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1); got {max_fpr}")
+    s = np.sort(np.asarray(clean_scores, np.float64))
+    if s.size == 0 or not np.all(np.isfinite(s)):
+        raise BackdoorLabError(f"cannot calibrate a threshold from scores {list(clean_scores)}")
+    allowed = int(np.floor(max_fpr * s.size + 1e-9))  # references that may be flagged
+    keep = s[: s.size - allowed]  # these must stay below the threshold
+    top = keep[-1]
+    if allowed:
+        return float((top + s[s.size - allowed]) / 2) if s[s.size - allowed] > top else float(np.nextafter(top, np.inf))
+    spread = float(s[-1] - s[0]) if s.size > 1 else abs(float(top))
+    return float(top + 0.05 * max(spread, 1e-6))
 
 
 def require_clean_samples(data: ArrayDataset, minimum: int, who: str) -> None:
