@@ -257,6 +257,64 @@ def sweep(
         raise typer.Exit(1)
 
 
+_PARAM_HELP = "a method setting as KEY=VALUE (repeatable), e.g. --param steps=300 --param budget=0.02"
+
+
+@app.command()
+@friendly_errors
+def detect(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (model.safetensors + model.json + config.yaml)")],
+    method: Annotated[str, typer.Option(help="securegaze or neural_cleanse")] = "securegaze",
+    n_clean: Annotated[int, typer.Option(help="clean images the defender holds (from the run's test split)")] = 256,
+    param: Annotated[list[str] | None, typer.Option(help=_PARAM_HELP)] = None,
+    reference: Annotated[
+        list[Path] | None, typer.Option(help="a clean reference run to calibrate the threshold on (repeatable)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default RUN_DIR/defence/METHOD)")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    unsafe_load: Annotated[bool, typer.Option(help="read non-safetensors weights (trusted files only)")] = False,
+) -> None:
+    """Is this model backdoored? Writes verdict.json and the reversed-trigger images; exit 0 either way."""
+    from backdoorlab.experiments.defend import detect_run, parse_params
+
+    verdict, path = detect_run(
+        run_dir, method, n_clean, parse_params(param), reference, device, out, unsafe_load
+    )  # fmt: skip
+    flag = "[bold red]BACKDOORED[/]" if verdict.backdoored else "[green]clean[/]"
+    target = verdict.estimated_target_deg
+    console.print(
+        f"{method}: {flag}  score {verdict.score:.3f} (threshold {verdict.threshold:.3f}), "
+        + (f"estimated target (pitch, yaw) ({target[0]:.1f}, {target[1]:.1f}) deg, " if target else "")
+        + f"{verdict.seconds:.1f} s"
+    )
+    console.print(f"written: {path}")
+
+
+@app.command()
+@friendly_errors
+def mitigate(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (model.safetensors + model.json + config.yaml)")],
+    method: Annotated[str, typer.Option(help="securegaze, fine_tuning or fine_pruning")] = "securegaze",
+    n_clean: Annotated[int, typer.Option(help="clean images the defender holds (from the run's test split)")] = 256,
+    param: Annotated[list[str] | None, typer.Option(help=_PARAM_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default RUN_DIR/mitigated/METHOD)")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    unsafe_load: Annotated[bool, typer.Option(help="read non-safetensors weights (trusted files only)")] = False,
+) -> None:
+    """Remove a backdoor; saves the repaired model and mitigation.json (before/after, real trigger if known)."""
+    from backdoorlab.experiments.defend import mitigate_run, parse_params
+
+    record, path = mitigate_run(run_dir, method, n_clean, parse_params(param), device, out, unsafe_load)
+    table = Table(title=f"{method} on {run_dir.name} ({record['n_scored']} held-out images)")
+    for col in ("metric", "before", "after"):
+        table.add_column(col)
+    for key, before in record["before"].items():
+        if isinstance(before, float):
+            table.add_row(key, _fmt(before), _fmt(record["after"].get(key)))
+    console.print(table)
+    console.print(f"written: {path}")
+
+
 @app.command()
 @friendly_errors
 def demo(

@@ -1,0 +1,94 @@
+"""SecureGaze on the deliberately strong toy backdoor, its generator, and its bad-input guards."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning, TriggerGenerator, jitter
+from backdoorlab.errors import BackdoorLabError, ModelContractError
+
+from .toy_backdoor import clean_split, toy_model
+
+FAST_BUDGET = 0.03
+FAST = {"steps": 120, "batch_size": 32, "min_clean": 32, "device": "cpu", "saliency_strength": 0.0}
+
+
+def test_generator_starts_as_the_identity_and_respects_its_budget() -> None:
+    x = torch.rand(4, 3, 16, 16)
+    cost = torch.ones(1, 1, 16, 16)
+    cost[..., :8, :] = 5.0
+    g = TriggerGenerator((3, 16, 16), budget=0.02, cost=cost, width=4)
+    assert torch.equal(g(x), x)
+    with torch.no_grad():
+        g.pattern.normal_(0, 1.0)
+        for p in g.conv.parameters():
+            p.normal_(0, 0.5)
+    d = g.perturbation(x)
+    spent = (g.cost * d.abs()).mean((1, 2, 3))
+    assert torch.all(spent <= 0.02 * (1 + 1e-5))
+    with torch.no_grad():
+        y = g(x)
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_jitter_is_seeded_and_shifts() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    a = jitter(x, 0.1, 2, torch.Generator().manual_seed(3))
+    b = jitter(x, 0.1, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(jitter(x, 0.0, 0, torch.Generator()), x)
+
+
+def test_verdict_reports_the_collapse_statistics() -> None:
+    v = SecureGaze(**{**FAST, "steps": 20}).inspect(toy_model(True), clean_split(64))
+    d = v.details
+    assert v.score == pytest.approx(-np.log10(d["variance_ratio"]))
+    assert 0 < d["perturbation_l1"] <= FAST_BUDGET + 1e-6  # plain L1 within the (saliency-weighted) budget scale
+    assert d["n_clean"] == 64 and d["params"]["steps"] == 20
+    assert json.loads(json.dumps(v.to_json()))["method"] == "securegaze"
+    assert v.examples is not None and v.examples.dtype == np.uint8 and v.examples.shape == (8, 32, 32, 3)
+    assert v.estimated_target_deg is not None and all(np.isfinite(v.estimated_target_deg))
+
+
+def test_inspection_is_deterministic_and_leaves_the_model_alone() -> None:
+    model = toy_model(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    det = SecureGaze(**{**FAST, "steps": 5})
+    a, b = det.inspect(model, clean_split(64)), det.inspect(model, clean_split(64))
+    assert a.score == b.score and a.estimated_target_deg == b.estimated_target_deg
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_unlearning_returns_a_tuned_copy() -> None:
+    from backdoorlab.defenses.tuning import FineTuneSettings
+
+    model = toy_model(True)
+    fixer = SecureGazeUnlearning(SecureGaze(**{**FAST, "steps": 10}), FineTuneSettings(epochs=1), mix=0.5)
+    repaired = fixer.repair(model, clean_split(64))
+    assert repaired is not model
+    assert any(
+        not torch.equal(a, b) for a, b in zip(model.state_dict().values(), repaired.state_dict().values(), strict=True)
+    )
+    assert json.dumps(fixer.params()) and fixer.last_report["n_clean"] == 64
+
+
+def test_bad_inputs_fail_before_work() -> None:
+    with pytest.raises(BackdoorLabError, match="SecureGaze needs at least 128 clean samples; got 64"):
+        SecureGaze(device="cpu").inspect(toy_model(False), clean_split(64))
+
+    class NoSplit(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3))[:, :2]
+
+    with pytest.raises(ModelContractError, match="SecureGaze"):
+        SecureGaze(**FAST).inspect(NoSplit(), clean_split(64))
+    with pytest.raises(BackdoorLabError, match="budget"):
+        SecureGaze(budget=0)
+    with pytest.raises(BackdoorLabError, match="mix"):
+        SecureGazeUnlearning(mix=0)

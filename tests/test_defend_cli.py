@@ -1,0 +1,82 @@
+"""``backdoorlab detect`` / ``mitigate`` end to end on a tiny attacked run, and their bad-input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_experiments import flat, invoke, tiny_config, write_yaml
+from typer.testing import CliRunner
+
+QUICK = ("--param", "steps=3", "--param", "min_clean=16", "--n-clean", "24", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def attacked_run(runner: CliRunner, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("defend")
+    cfg = tiny_config(
+        cache,
+        name="tiny-patch",
+        attack={"trigger": {"name": "patch"}, "relabel": {"name": "target", "target_deg": [0, 0]}, "rate": 0.2},
+    )
+    result = invoke(runner, "train", write_yaml(root / "a.yaml", cfg), "--runs-dir", root / "runs", "--quiet")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [p for p in (root / "runs").iterdir() if p.is_dir()]
+    return run_dir
+
+
+@pytest.mark.parametrize("method", ["securegaze", "neural_cleanse"])
+def test_detect_writes_a_verdict_and_reversed_images(runner: CliRunner, attacked_run: Path, method: str) -> None:
+    extra = ("--param", "restarts=1") if method == "neural_cleanse" else ()
+    result = invoke(runner, "detect", attacked_run, "--method", method, *QUICK, *extra)
+    assert result.exit_code == 0, result.output
+    folder = attacked_run / "defence" / method
+    verdict: dict[str, Any] = json.loads((folder / "verdict.json").read_text())
+    assert verdict["method"] == method and isinstance(verdict["backdoored"], bool)
+    assert verdict["details"]["n_clean"] == 24 and verdict["details"]["params"]["steps"] == 3
+    for name in verdict["details"]["examples"]:
+        assert (folder / name).is_file()
+    assert f"score {verdict['score']:.3f}" in flat(result.output)
+
+
+@pytest.mark.parametrize("method", ["securegaze", "fine_tuning"])
+def test_mitigate_saves_a_model_and_before_after_metrics(
+    runner: CliRunner, attacked_run: Path, method: str, tmp_path: Path
+) -> None:
+    params = (
+        ("--param", "steps=3", "--param", "min_clean=16") if method == "securegaze" else ("--param", "min_clean=16")
+    )
+    result = invoke(
+        runner, "mitigate", attacked_run, "--method", method, "--n-clean", "24", "--device", "cpu",
+        "--out", tmp_path / "fixed", *params,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "fixed" / "mitigation.json").read_text())
+    for side in ("before", "after"):
+        assert {"clean_error_deg", "attack_success_rate", "triggered_true_error_deg"} <= set(record[side])
+    assert record["n_clean"] == 24 and record["n_scored"] > 0
+    assert (tmp_path / "fixed" / "model.safetensors").is_file()
+    again = invoke(runner, "eval", tmp_path / "fixed")  # the repaired model is a loadable checkpoint
+    assert again.exit_code == 0, again.output
+
+
+def test_bad_inputs_give_one_clear_error(runner: CliRunner, attacked_run: Path, tmp_path: Path) -> None:
+    r = invoke(runner, "detect", attacked_run, "--method", "strip")
+    assert r.exit_code != 0 and "unknown detection method 'strip'" in flat(r.output)
+    r = invoke(runner, "mitigate", attacked_run, "--method", "securegaze", "--param", "bogus=1", "--n-clean", "24")
+    assert r.exit_code != 0 and "bogus" in flat(r.output)
+    r = invoke(runner, "detect", attacked_run, "--n-clean", "100000")
+    assert r.exit_code != 0 and "leaves no held-out images" in flat(r.output)
+    r = invoke(runner, "detect", attacked_run, "--n-clean", "24")  # default min_clean 128
+    assert r.exit_code != 0 and "needs at least 128 clean samples; got 24" in flat(r.output)
+    r = invoke(runner, "detect", attacked_run, "--param", "steps")
+    assert r.exit_code != 0 and "expected KEY=VALUE" in flat(r.output)
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for name in ("config.yaml", "model.json"):
+        (fake / name).write_text((attacked_run / name).read_text())
+    (fake / "model.safetensors").write_bytes(b"\x80\x04not safetensors")
+    r = invoke(runner, "detect", fake, *QUICK)
+    assert r.exit_code != 0 and "safetensors" in flat(r.output)
