@@ -108,11 +108,12 @@ class TriggerGenerator(nn.Module):
 
     def __init__(
         self, shape: tuple[int, int, int], budget: float, cost: Tensor | None = None, width: int = 16,
-        input_dependent: bool = True,
+        input_dependent: bool = True, pattern_resolution: int | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.input_dependent = input_dependent
         c, h, w = shape
+        self.size = (h, w)
         act = nn.LeakyReLU(0.2)
         self.conv = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1), act,
@@ -125,12 +126,16 @@ class TriggerGenerator(nn.Module):
         assert isinstance(last, nn.Conv2d) and last.bias is not None
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.pattern = nn.Parameter(torch.zeros(1, c, h, w))
+        r = pattern_resolution
+        self.pattern = nn.Parameter(torch.zeros(1, c, h, w) if r is None else torch.zeros(1, c, r, r))
         self.budget = budget
         self.register_buffer("cost", torch.ones(1, 1, h, w) if cost is None else cost / cost.mean())
 
     def perturbation(self, x: Tensor) -> Tensor:
-        d = self.pattern.expand(x.shape[0], -1, -1, -1)
+        p = self.pattern
+        if p.shape[-2:] != self.size:
+            p = nn.functional.interpolate(p, size=self.size, mode="bilinear", align_corners=False)
+        d = p.expand(x.shape[0], -1, -1, -1)
         if self.input_dependent:
             d = d + self.conv(x)
         spent = (self.cost * d.abs()).mean((1, 2, 3), keepdim=True)
@@ -163,6 +168,8 @@ class SecureGaze(Detector):
         lr: Adam learning rate of the generator.
         width: generator base channels.
         input_dependent: whether G has its convolutional, input-dependent part (else a universal perturbation).
+        pattern_resolution: side of the grid the input-independent image P lives on (bilinearly upsampled);
+            a coarse grid cannot express high-frequency adversarial noise. None = full resolution.
         budget: per-pixel mean absolute change allowed (images in [0, 1]), saliency-weighted.
         saliency_strength: the most salient pixels cost ``1 + strength`` times more budget; 0 = plain L1.
         lambda_feat: weight of the feature-angle variance term (0 = output term only).
@@ -185,11 +192,12 @@ class SecureGaze(Detector):
         lr: float = 5e-3,
         width: int = 16,
         input_dependent: bool = True,
+        pattern_resolution: int | None = None,
         budget: float = 0.03,
         saliency_strength: float = 20.0,
         lambda_feat: float = 1.0,
-        jitter_noise: float = 0.03,
-        jitter_shift: int = 2,
+        jitter_noise: float = 0.0,
+        jitter_shift: int = 0,
         threshold: float = 2.0,
         holdout: float = 0.5,
         min_clean: int = 128,
@@ -205,7 +213,7 @@ class SecureGaze(Detector):
         if not 0 < holdout < 1:
             raise BackdoorLabError(f"SecureGaze: holdout must be in (0, 1); got {holdout}")
         self.steps, self.batch_size, self.lr, self.width = steps, batch_size, lr, width
-        self.input_dependent = input_dependent
+        self.input_dependent, self.pattern_resolution = input_dependent, pattern_resolution
         self.budget, self.saliency_strength, self.lambda_feat = budget, saliency_strength, lambda_feat
         self.jitter_noise, self.jitter_shift = jitter_noise, jitter_shift
         self.threshold, self.holdout, self.min_clean = threshold, holdout, min_clean
@@ -238,7 +246,9 @@ class SecureGaze(Detector):
             clean_spread = target_spread_deg(frozen(hold).double().cpu().numpy())
         cost = 1 + self.saliency_strength * saliency_map(frozen, fit[:256]) if self.saliency_strength else None
         torch.manual_seed(self.seed)
-        gen = TriggerGenerator(tuple(fit.shape[1:]), self.budget, cost, self.width, self.input_dependent).to(dev)  # type: ignore[arg-type]
+        gen = TriggerGenerator(
+            tuple(fit.shape[1:]), self.budget, cost, self.width, self.input_dependent, self.pattern_resolution
+        ).to(dev)  # type: ignore[arg-type]
         opt = torch.optim.Adam(gen.parameters(), lr=self.lr)
         bs = min(self.batch_size, len(fit))
         jit = torch.Generator().manual_seed(self.seed)

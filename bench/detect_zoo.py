@@ -1,0 +1,190 @@
+"""Bench: backdoor detection on the gaze model zoo (``configs/zoo/gaze.yaml``).
+
+    backdoorlab sweep configs/zoo/gaze.yaml --runs-dir runs/zoo --workers 2     # build the zoo first
+    python bench/detect_zoo.py --methods securegaze,neural_cleanse --jobs 2
+
+Protocol. Clean models with seeds 0-4 are *reference* models: each method calibrates its
+threshold on them (``Detector.fit``, at most 10% of references flagged). Every other model
+(clean seeds 5-9 and all backdoored ones) is *evaluated*. Each method gets the same
+defender clean set: ``--n-clean`` images of the run's test split (identities never seen
+in training). Per model the verdict is cached in ``RUN/defence/<method>/verdict.json``,
+so an interrupted bench resumes. Reported per method, overall and per attack type
+(clean evaluation models against that type's backdoored models): AUROC, TPR at FPR <= 0.1,
+accuracy at the calibrated threshold, the angle between the estimated and the real target
+on detected models, and detection seconds as a fraction of the model's training time
+(same thread count: the zoo trains and this bench inspects one model per core).
+
+Output: ``bench/results/detect_zoo.json`` and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import write_result  # noqa: E402
+
+REFERENCE_SEEDS = range(5)
+BENCH_PARAMS: dict[str, dict[str, Any]] = {  # the settings this bench runs (CPU-sized)
+    "securegaze": {},
+    "neural_cleanse": {"restarts": 3, "steps": 200},
+}
+
+
+def zoo_runs(store: Path) -> list[dict[str, Any]]:
+    """Complete zoo runs: folder, seed, attack type, real target, training seconds."""
+    con = sqlite3.connect(store)
+    out = []
+    for run_dir, cfg_json, metrics_json in con.execute(
+        "select run_dir, config_json, metrics_json from runs where status = 'complete' order by created"
+    ):
+        cfg, metrics = json.loads(cfg_json), json.loads(metrics_json or "{}")
+        attack = cfg.get("attack")
+        relabel = (attack or {}).get("relabel", {})
+        out.append(
+            {
+                "run_dir": run_dir,
+                "seed": cfg["seed"],
+                "attack": attack["trigger"]["name"] if attack else "clean",
+                "relabel": relabel.get("name"),
+                "target_deg": relabel.get("target_deg"),
+                "train_seconds": metrics.get("train_seconds"),
+                "attack_success_rate": metrics.get("attack_success_rate"),
+                "adaptive": bool((attack or {}).get("adaptive")),
+            }
+        )
+    return out
+
+
+def inspect_one(method: str, run_dir: str, n_clean: int) -> dict[str, Any]:
+    """Verdict of one model (cached in the run folder when the settings match)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from backdoorlab.experiments.defend import detect_run
+
+    params = dict(BENCH_PARAMS[method])
+    cached = Path(run_dir) / "defence" / method / "verdict.json"
+    if cached.is_file():
+        v = json.loads(cached.read_text())
+        if {k: v["details"]["params"].get(k) for k in params} == params and v["details"]["n_clean"] == n_clean:
+            return v
+    verdict, _ = detect_run(Path(run_dir), method, n_clean, params, device="cpu")
+    return verdict.to_json()
+
+
+def angle_deg(a: list[float], b: list[float]) -> float:
+    from backdoorlab.geometry import angular_error_deg
+
+    return float(angular_error_deg(np.radians([a]), np.radians([b]))[0])
+
+
+def is_reference(run: dict[str, Any]) -> bool:
+    return run["attack"] == "clean" and run["seed"] in REFERENCE_SEEDS
+
+
+def summarise(method: str, runs: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    from backdoorlab.defenses.base import calibrated_threshold
+    from backdoorlab.metrics.detection import accuracy_at, auroc, tpr_at_fpr
+
+    pairs = list(zip(runs, verdicts, strict=True))
+    ref = [v["score"] for r, v in pairs if is_reference(r)]
+    threshold = calibrated_threshold(ref, 0.1)
+    ev = [(r, v) for r, v in pairs if not is_reference(r)]
+    clean = [(r, v) for r, v in ev if r["attack"] == "clean"]
+    groups = {"overall": [(r, v) for r, v in ev if r["attack"] != "clean"]}
+    for r, v in ev:
+        if r["attack"] != "clean":
+            groups.setdefault(r["attack"], []).append((r, v))
+
+    def metrics(bd: list[tuple[dict, dict]]) -> dict[str, Any]:  # type: ignore[type-arg]
+        labels = np.array([0] * len(clean) + [1] * len(bd))
+        scores = np.array([v["score"] for _, v in clean + bd])
+        detected_targets = [
+            angle_deg(v["estimated_target_deg"], r["target_deg"])
+            for r, v in bd
+            if v["score"] >= threshold and r["relabel"] == "target" and v.get("estimated_target_deg")
+        ]
+        return {
+            "n_clean": len(clean),
+            "n_backdoored": len(bd),
+            "auroc": auroc(labels, scores),
+            "tpr_at_fpr_0.1": tpr_at_fpr(labels, scores, 0.1),
+            "accuracy": accuracy_at(labels, scores, threshold),
+            "target_error_deg_mean": float(np.mean(detected_targets)) if detected_targets else None,
+            "n_detected_with_target": len(detected_targets),
+        }
+
+    seconds = [v["seconds"] for _, v in ev]
+    ratios = [v["seconds"] / r["train_seconds"] for r, v in ev if r["train_seconds"]]
+    return {
+        "threshold": threshold,
+        "reference_scores": ref,
+        "groups": {k: metrics(g) for k, g in groups.items()},
+        "seconds_mean": float(np.mean(seconds)),
+        "seconds_over_train_mean": float(np.mean(ratios)) if ratios else None,
+        "models": [
+            {
+                **{k: r[k] for k in ("run_dir", "seed", "attack", "target_deg", "attack_success_rate", "adaptive")},
+                **{k: v.get(k) for k in ("score", "estimated_target_deg", "seconds")},
+                "reference": is_reference(r),
+            }
+            for r, v in pairs
+        ],
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "| method | attack | clean / backdoored | AUROC | TPR@FPR<=0.1 | accuracy | target error (deg) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, res in results.items():
+        for group, m in res["groups"].items():
+            te = "-" if m["target_error_deg_mean"] is None else f"{m['target_error_deg_mean']:.1f}"
+            lines.append(
+                f"| {method} | {group} | {m['n_clean']} / {m['n_backdoored']} | {m['auroc']:.2f} | "
+                f"{m['tpr_at_fpr_0.1']:.2f} | {m['accuracy']:.2f} | {te} |"
+            )
+        lines.append(
+            f"| {method} | time | | {res['seconds_mean']:.0f} s/model, "
+            f"{res['seconds_over_train_mean']:.2f}x training | | | |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path, default=Path("runs/zoo/results.sqlite"))
+    ap.add_argument("--methods", default="securegaze,neural_cleanse")
+    ap.add_argument("--n-clean", type=int, default=256)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    if not args.store.is_file():
+        sys.exit(f"{args.store} not found: build the zoo first (see this script's docstring)")
+    runs = zoo_runs(args.store)
+    results: dict[str, Any] = {}
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        for method in args.methods.split(","):
+            verdicts = list(
+                pool.map(inspect_one, *zip(*[(method, r["run_dir"], args.n_clean, None) for r in runs], strict=True))
+            )
+            results[method] = {"params": BENCH_PARAMS[method], **summarise(method, runs, verdicts)}
+            print(f"{method}: done", flush=True)
+    write_result("detect_zoo", {"n_clean": args.n_clean, "methods": results})
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
