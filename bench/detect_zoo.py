@@ -177,9 +177,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         for method in args.methods.split(","):
-            verdicts = list(
-                pool.map(inspect_one, *zip(*[(method, r["run_dir"], args.n_clean, None) for r in runs], strict=True))
-            )
+            jobs = [pool.submit(inspect_one, method, r["run_dir"], args.n_clean) for r in runs]
+            verdicts = [j.result() for j in jobs]
             results[method] = {"params": BENCH_PARAMS[method], **summarise(method, runs, verdicts)}
             print(f"{method}: done", flush=True)
     write_result("detect_zoo", {"n_clean": args.n_clean, "methods": results})
