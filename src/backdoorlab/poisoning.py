@@ -144,13 +144,18 @@ class Poisoning:
         return transform
 
 
-def write_attack_record(folder: Path, poisoning: Poisoning, plan: PoisonPlan) -> None:
-    """``attack.json`` (parameters + counts), ``trigger.safetensors`` and the poisoned indices."""
+def write_attack_record(
+    folder: Path, poisoning: Poisoning, plan: PoisonPlan, extra: dict[str, Any] | None = None
+) -> None:
+    """``attack.json`` (parameters + counts + ``extra``), ``trigger.safetensors`` and the poisoned indices.
+
+    ``extra`` holds attack settings outside the poisoning itself (an adaptive attack's penalty).
+    """
     from safetensors.torch import save_file
 
     plan.save(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in poisoning.trigger.state().items()}
     if state:
         save_file(state, str(folder / "trigger.safetensors"))
-    record = {**poisoning.params(), **plan.summary()}
+    record = {**poisoning.params(), **plan.summary(), **(extra or {})}
     (folder / "attack.json").write_text(json.dumps(record, indent=2))

@@ -2,9 +2,12 @@
 
 Why a single loop: attacks, defences and sweeps all train models; if each had its own
 loop they would drift apart (seeding, schedules, NaN handling, devices). Variation
-enters through two hooks instead: the :class:`~backdoorlab.tasks.base.Task` (targets
-and loss) and an optional ``batch_transform`` that may rewrite a batch given the
-indices of its samples (how poisoning and input masking plug in).
+enters through hooks instead: the :class:`~backdoorlab.tasks.base.Task` (targets
+and loss), an optional ``batch_transform`` that may rewrite a batch given the
+indices of its samples (how poisoning and input masking plug in), and an optional
+``regularizer`` whose scalar is added to the task loss (how an adaptive attack pushes
+its features away from a defence's signature, see :mod:`backdoorlab.adaptive`, and how
+a defence that trains with extra terms would plug in).
 
 Determinism: the model is built by the caller after :func:`seed_everything`; batch
 order comes from ``numpy.random.default_rng([seed, epoch])``. The same config and seed
@@ -31,6 +34,8 @@ from backdoorlab.tasks.base import Task
 BatchTransform = Callable[
     [torch.Tensor, dict[str, torch.Tensor], np.ndarray], tuple[torch.Tensor, dict[str, torch.Tensor]]
 ]
+# (model, images on the device, annotations after batch_transform, sample indices) -> scalar added to the loss
+Regularizer = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor], np.ndarray], torch.Tensor]
 
 
 @dataclass
@@ -98,8 +103,19 @@ def train(
     device: torch.device | str = "cpu",
     batch_transform: BatchTransform | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    regularizer: Regularizer | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with Adam on ``task``; raise on a non-finite loss."""
+    """Train ``model`` in place with Adam on ``task``; raise on a non-finite loss.
+
+    ``regularizer(model, images, ann, idx)`` is called after the task loss of each batch
+    (``images`` already on the device, ``ann`` and ``idx`` as the batch transform left
+    them) and its scalar result is added to the loss that is minimised. It may run the
+    model again (e.g. ``model.features(images)``; in training mode that updates BatchNorm
+    running statistics a second time, so prefer eval mode as
+    :class:`~backdoorlab.adaptive.FeatureSignaturePenalty` does). With a regularizer the history's
+    ``loss`` is the total and ``regularizer`` its mean part; without one the loop is
+    exactly the plain one (same weights for the same seed).
+    """
     data.require(*task.required_annotations)
     dev = torch.device(device)
     model.to(dev).train()
@@ -117,6 +133,7 @@ def train(
         for epoch in range(settings.epochs):
             order = epoch_order(len(data), settings.seed, epoch)
             running = torch.zeros((), device=dev)
+            running_reg = torch.zeros((), device=dev)
             for b in range(steps_per_epoch):
                 idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
                 images, ann = data.batch(idx)
@@ -125,7 +142,12 @@ def train(
                 target = task.target(ann).to(dev, non_blocking=True)
                 for group in opt.param_groups:
                     group["lr"] = settings.lr * lr_factor(step, total, warmup, settings.schedule)
-                loss = task.loss(model(images.to(dev, non_blocking=True)), target)
+                x = images.to(dev, non_blocking=True)
+                loss = task.loss(model(x), target)
+                if regularizer is not None:
+                    extra = regularizer(model, x, ann, idx)
+                    loss = loss + extra
+                    running_reg += extra.detach()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -141,6 +163,8 @@ def train(
             if not math.isfinite(mean_loss):
                 raise TrainingDivergedError(f"training diverged: mean loss {mean_loss} in epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"]}
+            if regularizer is not None:
+                record["regularizer"] = float(running_reg) / steps_per_epoch
             result.history.append(record)
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             if on_epoch_end is not None:

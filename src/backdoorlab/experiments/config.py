@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec
 from backdoorlab.errors import ConfigError
@@ -64,6 +64,28 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(0.5, ge=0)
 
 
+class AdaptiveConfig(_Strict):
+    """An adaptive attacker who hides the backdoor's feature-space signature while training.
+
+    Adds ``weight * sum_j relu(1 - Var_triggered(theta_j) / Var_clean(theta_j))`` to the
+    loss, with ``theta_j`` the angle between the features and head row j (see
+    :mod:`backdoorlab.adaptive`). The ratio's gradient is steep (clean angles vary
+    little), so useful weights are around 1e-3 to 1e-2.
+    """
+
+    weight: float = Field(description="multiplier of the feature-signature penalty (> 0)")
+
+    @field_validator("weight")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"attack.adaptive.weight must be a finite number > 0, got {value} "
+                "(leave out attack.adaptive for a non-adaptive attack)"
+            )
+        return value
+
+
 class AttackConfig(_Strict):
     """A backdoor attack: which trigger, which relabel, how many training samples.
 
@@ -71,6 +93,7 @@ class AttackConfig(_Strict):
     by building them (so every error names the parameter) and stored with every
     default filled in, so the resolved config and its hash describe the attack fully.
     Trigger names: patch, blend, wanet, sticker; relabels: target, shift (degrees).
+    ``adaptive: {weight: w}`` makes it an adaptive attack (:class:`AdaptiveConfig`).
     """
 
     trigger: dict[str, Any] = Field(default_factory=lambda: {"name": "patch"})
@@ -78,6 +101,7 @@ class AttackConfig(_Strict):
     rate: float = Field(0.1, gt=0, le=1, description="fraction of training samples poisoned (rho)")
     seed: int = Field(0, ge=0, description="selects the poisoned samples and draws random trigger elements")
     asr_tolerance_deg: float = Field(5.0, gt=0, le=90, description="attack success = within this of the target")
+    adaptive: AdaptiveConfig | None = Field(None, description="hide the feature-space signature while training")
 
     @model_validator(mode="before")
     @classmethod
@@ -133,6 +157,8 @@ class RunConfig(_Strict):
         dump = self.model_dump(mode="json")
         if dump.get("attack") is None:  # clean runs keep the hashes they had before attacks existed
             dump.pop("attack", None)
+        elif dump["attack"].get("adaptive") is None:  # and non-adaptive attacks theirs
+            dump["attack"].pop("adaptive", None)
         blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

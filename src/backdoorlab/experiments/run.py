@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import backdoorlab
+from backdoorlab.adaptive import FeatureSignaturePenalty, angle_variance_ratio
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.masking import EyeMask
 from backdoorlab.data.synthetic.dataset import load_or_synthesize, split_by_identity
@@ -153,13 +154,17 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     )
     if len(train_ds) < settings.batch_size:
         raise ConfigError(f"train.batch_size={settings.batch_size} exceeds the {len(train_ds)} training samples")
-    poisoning, transform, plan = None, None, None
+    poisoning, transform, plan, regularizer = None, None, None, None
+    adaptive = cfg.attack.adaptive if cfg.attack is not None else None
     if cfg.attack is not None:
         poisoning = build_poisoning(cfg.attack)
         poisoning.trigger.check_annotations(train_ds.annotations.keys(), "the training data")
         plan = poisoning.plan(len(train_ds))
-        write_attack_record(path, poisoning, plan)
+        extra = {"adaptive": adaptive.model_dump(mode="json")} if adaptive is not None else None
+        write_attack_record(path, poisoning, plan, extra)
         transform = poisoning.batch_transform(plan)
+        if adaptive is not None:  # the attacker also hides the feature-space signature
+            regularizer = FeatureSignaturePenalty(plan, poisoning.trigger, adaptive.weight)
     history: list[dict[str, float]] = []
 
     def log_epoch(epoch: int, record: dict[str, float]) -> None:
@@ -167,7 +172,16 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
         history.append(record)
         (path / "history.json").write_text(json.dumps(history, indent=2))
 
-    result = train(model, task, train_ds, settings, device=device, batch_transform=transform, on_epoch_end=log_epoch)
+    result = train(
+        model,
+        task,
+        train_ds,
+        settings,
+        device=device,
+        batch_transform=transform,
+        on_epoch_end=log_epoch,
+        regularizer=regularizer,
+    )
     t1 = time.perf_counter()
     preds = predict(model, test_ds, device=device)
     metrics: dict[str, Any] = task.evaluate(preds, test_ds)
@@ -187,6 +201,11 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
             model, test_ds, poisoning.trigger, poisoning.relabel, cfg.attack.asr_tolerance_deg, device=device
         )
         metrics.update(attack_eval.metrics, **{k: v for k, v in plan.summary().items() if k != "n_train"})
+        # the feature-space signature detectors look for (<< 1: visible), adaptive attack or not
+        ratio = angle_variance_ratio(model, test_ds, poisoning.trigger, device=device)
+        metrics.update(angle_var_ratio_min=float(ratio.min()), angle_var_ratio_mean=float(ratio.mean()))
+        if adaptive is not None:
+            metrics.update(adaptive_weight=adaptive.weight, adaptive_penalty=result.history[-1]["regularizer"])
         metrics["eval_seconds"] = time.perf_counter() - t1
     (path / "history.json").write_text(json.dumps(result.history, indent=2))
     card = {
