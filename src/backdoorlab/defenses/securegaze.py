@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from backdoorlab.adaptive import feature_head_angles
 from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
 from backdoorlab.defenses._inputs import check_defence_inputs
 from backdoorlab.defenses.base import Detector, Mitigator, Verdict
@@ -57,13 +58,6 @@ from backdoorlab.metrics.attack import target_spread_deg
 from backdoorlab.training import pick_device
 
 Tensor = torch.Tensor
-
-
-def head_angles(features: Tensor, head: nn.Linear) -> Tensor:
-    """(B, outputs) angle between each feature vector and each row of the head's weight (radians)."""
-    f = nn.functional.normalize(features, dim=1)
-    w = nn.functional.normalize(head.weight, dim=1)
-    return torch.acos((f @ w.T).clamp(-1 + 1e-6, 1 - 1e-6))
 
 
 def saliency_map(model: nn.Module, images: Tensor, blur: int = 5) -> Tensor:
@@ -241,7 +235,7 @@ class SecureGaze(Detector):
         with torch.no_grad():
             feats = frozen.features(fit)  # type: ignore[operator]
             out_var = head(feats).var(0).clamp_min(1e-12)
-            ang_var = head_angles(feats, head).var(0).clamp_min(1e-12)
+            ang_var = feature_head_angles(feats, head).var(0).clamp_min(1e-12)
             hold_var = frozen(hold).var(0).clamp_min(1e-12)
             clean_spread = target_spread_deg(frozen(hold).double().cpu().numpy())
         cost = 1 + self.saliency_strength * saliency_map(frozen, fit[:256]) if self.saliency_strength else None
@@ -257,7 +251,7 @@ class SecureGaze(Detector):
             f = frozen.features(jitter(gen(x), self.jitter_noise, self.jitter_shift, jit))  # type: ignore[operator]
             loss = (head(f).var(0) / out_var).mean()
             if self.lambda_feat:
-                loss = loss + self.lambda_feat * (head_angles(f, head).var(0) / ang_var).mean()
+                loss = loss + self.lambda_feat * (feature_head_angles(f, head).var(0) / ang_var).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -270,8 +264,8 @@ class SecureGaze(Detector):
             f = frozen.features(jitter(gx, self.jitter_noise, self.jitter_shift, score_jit))  # type: ignore[operator]
             pred = head(f)
             ratio = float((pred.var(0) / hold_var).mean())
-            hold_ang = head_angles(frozen.features(hold), head).var(0).clamp_min(1e-12)  # type: ignore[operator]
-            ang_ratio = float((head_angles(f, head).var(0) / hold_ang).mean())
+            hold_ang = feature_head_angles(frozen.features(hold), head).var(0).clamp_min(1e-12)  # type: ignore[operator]
+            ang_ratio = float((feature_head_angles(f, head).var(0) / hold_ang).mean())
             l1 = float((gx - hold).abs().mean())
         pred_np = pred.double().cpu().numpy()
         mean_dir = pitchyaw_to_vector(torch.from_numpy(pred_np)).mean(0, keepdim=True)
