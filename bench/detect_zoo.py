@@ -38,7 +38,7 @@ from common import write_result  # noqa: E402
 REFERENCE_SEEDS = range(5)
 BENCH_PARAMS: dict[str, dict[str, Any]] = {  # the settings this bench runs (CPU-sized)
     "securegaze": {},
-    "neural_cleanse": {"restarts": 3, "steps": 200},
+    "neural_cleanse": {"restarts": 2, "steps": 150},
 }
 
 
@@ -94,6 +94,15 @@ def is_reference(run: dict[str, Any]) -> bool:
     return run["attack"] == "clean" and run["seed"] in REFERENCE_SEEDS
 
 
+def kind(run: dict[str, Any]) -> str:
+    """The attack group of a backdoored run: trigger name, or the adaptive / shift variants apart."""
+    if run["adaptive"]:
+        return f"{run['attack']} (adaptive)"
+    if run["relabel"] != "target":
+        return f"{run['attack']} ({run['relabel']} relabel)"
+    return str(run["attack"])
+
+
 def summarise(method: str, runs: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
     from backdoorlab.defenses.base import calibrated_threshold
     from backdoorlab.metrics.detection import accuracy_at, auroc, tpr_at_fpr
@@ -103,10 +112,13 @@ def summarise(method: str, runs: list[dict[str, Any]], verdicts: list[dict[str, 
     threshold = calibrated_threshold(ref, 0.1)
     ev = [(r, v) for r, v in pairs if not is_reference(r)]
     clean = [(r, v) for r, v in ev if r["attack"] == "clean"]
-    groups = {"overall": [(r, v) for r, v in ev if r["attack"] != "clean"]}
-    for r, v in ev:
-        if r["attack"] != "clean":
-            groups.setdefault(r["attack"], []).append((r, v))
+    backdoored = [(r, v) for r, v in ev if r["attack"] != "clean"]
+    groups = {
+        "overall": backdoored,
+        "overall, fixed target, not adaptive": [(r, v) for r, v in backdoored if kind(r) == r["attack"]],
+    }
+    for r, v in backdoored:
+        groups.setdefault(kind(r), []).append((r, v))
 
     def metrics(bd: list[tuple[dict, dict]]) -> dict[str, Any]:  # type: ignore[type-arg]
         labels = np.array([0] * len(clean) + [1] * len(bd))
@@ -119,9 +131,9 @@ def summarise(method: str, runs: list[dict[str, Any]], verdicts: list[dict[str, 
         return {
             "n_clean": len(clean),
             "n_backdoored": len(bd),
-            "auroc": auroc(labels, scores),
-            "tpr_at_fpr_0.1": tpr_at_fpr(labels, scores, 0.1),
-            "accuracy": accuracy_at(labels, scores, threshold),
+            "auroc": auroc(scores, labels),
+            "tpr_at_fpr_0.1": tpr_at_fpr(scores, labels, 0.1),
+            "accuracy": accuracy_at(scores, labels, threshold),
             "target_error_deg_mean": float(np.mean(detected_targets)) if detected_targets else None,
             "n_detected_with_target": len(detected_targets),
         }
