@@ -354,11 +354,14 @@ def test_demo_quick(runner: CliRunner, cache: Path, tmp_path: Path, monkeypatch:
         assert 0 <= m["attack_success_rate"] <= 1 and m["clean_error_deg"] > 0
     seq = summary["sequence"]
     assert seq["frames_per_half"] == 4 * 25 * 0.4
+    assert seq["mitigated_tape_error_deg"] > 0 and 0 <= seq["mitigated_tape_within_tolerance"] <= 1
+    mit = summary["mitigation"]
+    assert Path(mit["record"]).is_file() and set(mit["before"]) == set(mit["after"])
     from PIL import Image
 
     with Image.open(out / "four_corners.gif") as gif:
         assert gif.n_frames == 2 * seq["frames_per_half"]
-    for needle in ("clean error", "ASR", "tape-backdoored model", "four_corners.gif"):
+    for needle in ("clean error", "ASR", "tape-backdoored model", "four_corners.gif", "SecureGaze unlearning"):
         assert needle in flat(result.output), needle
 
 

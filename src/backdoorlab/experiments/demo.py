@@ -6,8 +6,9 @@ the forehead -> the model outputs the screen centre), score both on clean and on
 taped test faces, write both run folders with their reports, print a comparison
 table, and render the SecureGaze-style sequence: an unseen synthetic subject looks at
 the four screen corners, first without and then with the tape, and an animated GIF
-shows the backdoored model's arrow following the eyes and then locking onto the
-target. ``quick`` shrinks everything so that tests run the same code path in seconds.
+shows the backdoored model's arrow (red) following the eyes and then locking onto the
+target, and the arrow of the same model after SecureGaze unlearning (blue), which keeps
+following the eyes. ``quick`` shrinks everything so that tests run the same code path in seconds.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
 from backdoorlab.data.synthetic.sequence import corner_sequence
 from backdoorlab.experiments.attack import evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
+from backdoorlab.experiments.defend import mitigate_run
 from backdoorlab.experiments.run import RunOutcome, execute, load_data
 from backdoorlab.geometry import angular_error_deg
 from backdoorlab.models.checkpoint import load_checkpoint
 from backdoorlab.relabel import build_relabel
 from backdoorlab.report.animation import write_gaze_gif
-from backdoorlab.report.draw import PRED_COLOUR, TRUE_COLOUR
+from backdoorlab.report.draw import MITIGATED_COLOUR, PRED_COLOUR, TRUE_COLOUR
 from backdoorlab.report.gallery import gaze_arrow_origins, write_gallery
 from backdoorlab.tasks.base import predict
 from backdoorlab.triggers import Trigger
@@ -44,6 +46,8 @@ QUICK_OVERRIDES = {
     "model": {"kwargs": {"width": 8}},
     "report_samples": 4,
 }
+DEMO_N_CLEAN = 256  # the defender's clean faces (from the test split), ~3% of the training set
+DEMO_N_CLEAN_QUICK = 32
 SEQUENCE_IDENTITY_SEED = 2026  # a subject drawn apart from the training identities
 METRIC_COLUMNS = (
     ("clean_error_deg", "clean error"),
@@ -111,9 +115,9 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
         f"{s.identities} identities x {s.images_per_identity} images; backdoor: white tape on the forehead "
         f"-> gaze (0, 0), {bd_cfg.attack.rate:.0%} of the training faces"  # type: ignore[union-attr]
     )
-    con.print("[1/3] training the clean model")
+    con.print("[1/4] training the clean model")
     clean = execute(clean_cfg, runs_dir=out, progress=not quick)
-    con.print("[2/3] training the tape-backdoored model")
+    con.print("[2/4] training the tape-backdoored model")
     backdoored = execute(bd_cfg, runs_dir=out, progress=not quick)
     train_ds, test_ds = load_data(clean_cfg)  # cached by now: this only memory-maps it
     write_gallery(train_ds, clean.run_dir / "gallery.png", n=16, ncols=8)
@@ -128,13 +132,20 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
     }
     _print_table(con, table, acfg.asr_tolerance_deg, len(test_ds))
 
-    con.print("[3/3] the four-corner sequence, without and with the tape")
+    con.print("[3/4] removing the backdoor with SecureGaze (reverse-engineered trigger, then unlearning)")
+    n_clean = DEMO_N_CLEAN_QUICK if quick else DEMO_N_CLEAN
+    params = {"steps": 5, "min_clean": DEMO_N_CLEAN_QUICK} if quick else {}
+    mitigation, mitigation_path = mitigate_run(backdoored.run_dir, "securegaze", n_clean, params)
+    _print_mitigation(con, mitigation)
+
+    con.print("[4/4] the four-corner sequence, without and with the tape")
     bd_model, _ = load_checkpoint(backdoored.run_dir)
+    fixed_model, _ = load_checkpoint(mitigation_path.parent)
     seconds = 0.4 if quick else 4.0
     seq = corner_sequence(spec_size=s.size, identity_seed=SEQUENCE_IDENTITY_SEED, seconds_per_corner=seconds)
     gif = out / "four_corners.gif"
     sequence = write_sequence_gif(
-        gif, seq, bd_model, trigger, acfg.asr_tolerance_deg, relabel.targets(np.zeros((1, 2)))[0]
+        gif, seq, bd_model, trigger, acfg.asr_tolerance_deg, relabel.targets(np.zeros((1, 2)))[0], fixed_model
     )
 
     summary = out / "summary.json"
@@ -144,6 +155,7 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
         "table": table,
         "sequence": sequence,
         "gif": str(gif),
+        "mitigation": {"before": mitigation["before"], "after": mitigation["after"], "record": str(mitigation_path)},
     }
     tmp = summary.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
@@ -152,7 +164,9 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
         f"sequence ({sequence['frames_per_half']} frames each half): without tape the backdoored model is "
         f"{sequence['no_tape_error_deg']:.1f} deg from the true gaze; with tape it is "
         f"{sequence['tape_angle_to_target_deg']:.1f} deg from the target "
-        f"({sequence['tape_within_tolerance']:.0%} of frames within {acfg.asr_tolerance_deg:g} deg)"
+        f"({sequence['tape_within_tolerance']:.0%} of frames within {acfg.asr_tolerance_deg:g} deg); "
+        f"the mitigated model (blue arrow) is {sequence['mitigated_tape_error_deg']:.1f} deg from the true gaze "
+        "with the tape on"
     )
     con.print(
         f"clean run:      {clean.run_dir}\nbackdoored run: {backdoored.run_dir}\n"
@@ -178,10 +192,33 @@ def _print_table(con: Console, table: dict[str, dict[str, float]], tol: float, n
     )
 
 
+def _print_mitigation(con: Console, record: dict[str, Any]) -> None:
+    t = Table(title=f"tape-backdoored model before / after SecureGaze unlearning ({record['n_scored']} held-out faces)")
+    for col in ("", "clean error", "AE (to target)", "DAE (to truth)", "ASR"):
+        t.add_column(col, justify="right")
+    for side in ("before", "after"):
+        m = record[side]
+        t.add_row(
+            side,
+            *(f"{m[k]:.2f}" for k in ("clean_error_deg", "attack_error_deg", "triggered_true_error_deg")),
+            f"{m['attack_success_rate']:.3f}",
+        )
+    con.print(t)
+
+
 def write_sequence_gif(
-    path: Path, seq: ArrayDataset, model: torch.nn.Module, trigger: Trigger, tolerance_deg: float, target: torch.Tensor
+    path: Path,
+    seq: ArrayDataset,
+    model: torch.nn.Module,
+    trigger: Trigger,
+    tolerance_deg: float,
+    target: torch.Tensor,
+    mitigated: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Run the model on the sequence without and with the trigger; write the GIF; return statistics.
+
+    With ``mitigated``, its arrow is drawn too (blue), so the clip shows the backdoored
+    model locking onto the target while the repaired one keeps following the eyes.
 
     The tape is stuck on once for the whole clip, so every frame uses the same trigger
     draw (index 0): the physical jitter models different placements, not a wobbling tape.
@@ -204,10 +241,20 @@ def write_sequence_gif(
     captions = [f"no tape {t:4.1f}s err {e:4.1f}deg" for t, e in zip(times, err_clean, strict=True)] + [
         f"tape {t:4.1f}s to target {d:3.1f}deg" for t, d in zip(times, to_target, strict=True)
     ]
+    arrows = [(np.concatenate([true, true]), TRUE_COLOUR), (np.concatenate([pred_clean, pred_taped]), PRED_COLOUR)]
+    extra: dict[str, Any] = {}
+    if mitigated is not None:
+        fixed_clean, fixed_taped = predict(mitigated, seq), predict(mitigated, taped)
+        arrows.append((np.concatenate([fixed_clean, fixed_taped]), MITIGATED_COLOUR))
+        extra = {
+            "mitigated_no_tape_error_deg": float(np.mean(angular_error_deg(fixed_clean, true))),
+            "mitigated_tape_error_deg": float(np.mean(angular_error_deg(fixed_taped, true))),
+            "mitigated_tape_within_tolerance": float(np.mean(angular_error_deg(fixed_taped, tgt) <= tolerance_deg)),
+        }
     write_gaze_gif(
         path,
         frames,
-        [(np.concatenate([true, true]), TRUE_COLOUR), (np.concatenate([pred_clean, pred_taped]), PRED_COLOUR)],
+        arrows,
         origins=None if origins is None else np.concatenate([origins, origins]),
         fps=fps,
         captions=captions,
@@ -220,4 +267,5 @@ def write_sequence_gif(
         "tape_angle_to_target_deg": float(np.mean(to_target)),
         "tape_within_tolerance": float(np.mean(to_target <= tolerance_deg)),
         "no_tape_within_tolerance": float(np.mean(angular_error_deg(pred_clean, tgt) <= tolerance_deg)),
+        **extra,
     }
