@@ -33,7 +33,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import write_result  # noqa: E402
+from common import RESULTS, write_result  # noqa: E402
+
+from backdoorlab.report.zoo_report import write_zoo_report  # noqa: E402
 
 REFERENCE_SEEDS = range(5)
 BENCH_PARAMS: dict[str, dict[str, Any]] = {  # the settings this bench runs (CPU-sized)
@@ -182,7 +184,11 @@ def main() -> None:
     ap.add_argument("--methods", default="securegaze,neural_cleanse")
     ap.add_argument("--n-clean", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true", help="skip detection: rewrite the HTML from the JSON")
     args = ap.parse_args()
+    if args.report_only:
+        print(write_zoo_report(RESULTS / "detect_zoo.json", RESULTS / "detect_zoo.html"))
+        return
     if not args.store.is_file():
         sys.exit(f"{args.store} not found: build the zoo first (see this script's docstring)")
     runs = zoo_runs(args.store)
@@ -193,7 +199,8 @@ def main() -> None:
             verdicts = [j.result() for j in jobs]
             results[method] = {"params": BENCH_PARAMS[method], **summarise(method, runs, verdicts)}
             print(f"{method}: done", flush=True)
-    write_result("detect_zoo", {"n_clean": args.n_clean, "methods": results})
+    out = write_result("detect_zoo", {"n_clean": args.n_clean, "methods": results})
+    write_zoo_report(out, RESULTS / "detect_zoo.html")
     print(table(results))
 
 
