@@ -59,6 +59,10 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _mark(met: bool) -> str:
+    return "(met)" if met else "(missed)"
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [
         "| method | models | ASR before -> after (target <= 0.05) | triggered true error / clean error "
@@ -67,11 +71,12 @@ def table(results: dict[str, Any]) -> str:
     ]
     for method, res in results.items():
         s = res["summary"]
+        asr, ratio = s["after"]["attack_success_rate"], s["triggered_over_clean_error"]
+        delta = s["clean_error_increase_deg"]
         lines.append(
-            f"| {method} | {len(res['models'])} | {s['before']['attack_success_rate']:.3f} -> "
-            f"{s['after']['attack_success_rate']:.3f} (worst {s['max_attack_success_rate_after']:.3f}) "
-            f"| {s['triggered_over_clean_error']:.2f} | {s['clean_error_increase_deg']:+.2f} "
-            f"| {s['seconds_mean']:.0f} |"
+            f"| {method} | {len(res['models'])} | {s['before']['attack_success_rate']:.3f} -> {asr:.3f} "
+            f"{_mark(asr <= 0.05)} (worst {s['max_attack_success_rate_after']:.3f}) "
+            f"| {ratio:.2f} {_mark(ratio <= 2)} | {delta:+.2f} {_mark(delta <= 0.5)} | {s['seconds_mean']:.0f} |"
         )
     return "\n".join(lines)
 
