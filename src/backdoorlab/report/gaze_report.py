@@ -50,11 +50,37 @@ def format_value(value: float | int | str) -> str:
     return str(value)
 
 
-def _load_template() -> jinja2.Template:
-    """Template from package data (works from a wheel or a source checkout)."""
-    text = (resources.files("backdoorlab.report") / "templates" / TEMPLATE_NAME).read_text(encoding="utf-8")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(text)
+def load_report_template(name: str) -> jinja2.Template:
+    """A report template from package data (works from a wheel or a source checkout).
+
+    Templates may ``{% include %}`` one another: every report page includes
+    ``_base_style.css``, so the pages share one style sheet instead of copies of it.
+    """
+    folder = resources.files("backdoorlab.report") / "templates"
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda n: (folder / n).read_text(encoding="utf-8")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template(name)
+
+
+def write_html_atomically(path: str | os.PathLike[str], html: str) -> Path:
+    """Write ``html`` to a temporary sibling and move it into place: a reader never sees half a page."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(html)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
 
 
 def _rgb_css(rgb: tuple[int, int, int]) -> str:
@@ -174,7 +200,7 @@ def render_gaze_report(
         "config_text": config_text,
         "extra_sections": _prepare_extra_sections(extra_sections),
     }
-    return _load_template().render(**context)
+    return load_report_template(TEMPLATE_NAME).render(**context)
 
 
 def write_gaze_report(path: str | os.PathLike[str], **report: Any) -> Path:
@@ -196,16 +222,4 @@ def write_gaze_report(path: str | os.PathLike[str], **report: Any) -> Path:
     The file is written to a temporary sibling and moved into place with
     :func:`os.replace`, so a reader never sees a half-written report.
     """
-    html = render_gaze_report(**report)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_html_atomically(path, render_gaze_report(**report))

@@ -27,16 +27,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import cv2
-import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import to_hex
@@ -47,6 +43,7 @@ from backdoorlab.metrics.detection import auroc, roc_curve
 from backdoorlab.report.attack_report import _png_uri, amplified_residual
 from backdoorlab.report.draw import image_grid
 from backdoorlab.report.figures import _STYLE, fig_to_data_uri
+from backdoorlab.report.gaze_report import load_report_template, write_html_atomically
 
 TEMPLATE_NAME = "zoo_report.html"
 FACES_PER_PANEL = 3  # clean test faces shown per backdoored model (and reversed images per method)
@@ -454,13 +451,6 @@ def _trigger_cards(methods: Mapping[str, Any], root: Path, n_clean: int) -> list
 # --------------------------------------------------------------------------- page
 
 
-def _load_template() -> jinja2.Template:
-    """Template from package data (works from a wheel or a source checkout)."""
-    text = (resources.files("backdoorlab.report") / "templates" / TEMPLATE_NAME).read_text(encoding="utf-8")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.from_string(text)
-
-
 def render_zoo_report(results: Mapping[str, Any], root: Path = Path("."), results_path: str = "") -> str:
     """The page as an HTML string, from already loaded results (see :func:`write_zoo_report`)."""
     methods = results["methods"]
@@ -492,7 +482,7 @@ def render_zoo_report(results: Mapping[str, Any], root: Path = Path("."), result
         "provenance": [(str(k), str(v)) for k, v in sorted(prov.items()) if k != "command"],
         "results_path": results_path,
     }
-    return _load_template().render(**context)
+    return load_report_template(TEMPLATE_NAME).render(**context)
 
 
 def write_zoo_report(results_json: Path, out_html: Path, root: Path = Path(".")) -> Path:
@@ -515,18 +505,7 @@ def write_zoo_report(results_json: Path, out_html: Path, root: Path = Path("."))
     """
     results = load_results(Path(results_json))
     html = render_zoo_report(results, Path(root), results_path=str(results_json))
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_html_atomically(out_html, html)
 
 
 __all__ = ["load_results", "render_zoo_report", "write_zoo_report"]
