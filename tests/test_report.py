@@ -42,6 +42,7 @@ def test_report_written_and_self_contained(tmp_path: Path) -> None:
     assert out.is_file()
     html = out.read_text(encoding="utf-8")
     assert html.lstrip().startswith("<!DOCTYPE html>")
+    assert "--accent: #2f5d9b" in html  # the shared style sheet is included
     # Self-contained: no external references of any kind.
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", html)
     assert "<script" not in html and "<link" not in html and "@import" not in html

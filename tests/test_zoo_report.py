@@ -91,6 +91,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_page_is_self_contained_with_roc_and_distributions(page: str) -> None:
     assert page.lstrip().startswith("<!DOCTYPE html>")
+    assert "--accent: #2f5d9b" in page and "table.data" in page  # the shared style sheet and the page's own rules
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", page)
     assert "<script" not in page and "<link" not in page
     srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
