@@ -38,6 +38,7 @@ clean models with :meth:`SecureGaze.fit`, or fixed (``threshold``).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -220,8 +221,6 @@ class SecureGaze(Detector):
         """Train the generator against a frozen copy of ``model``; ``model`` itself is untouched."""
         check_defence_inputs(model, clean_data, "SecureGaze", self.min_clean, need_gaze=False)
         dev = pick_device(self.device)
-        import copy
-
         frozen = copy.deepcopy(model).to(dev).eval()
         for p in frozen.parameters():
             p.requires_grad_(False)
@@ -236,8 +235,11 @@ class SecureGaze(Detector):
             feats = frozen.features(fit)  # type: ignore[operator]
             out_var = head(feats).var(0).clamp_min(1e-12)
             ang_var = feature_head_angles(feats, head).var(0).clamp_min(1e-12)
-            hold_var = frozen(hold).var(0).clamp_min(1e-12)
-            clean_spread = target_spread_deg(frozen(hold).double().cpu().numpy())
+            hold_feats = frozen.features(hold)  # type: ignore[operator]
+            hold_pred = head(hold_feats)
+            hold_var = hold_pred.var(0).clamp_min(1e-12)
+            hold_ang = feature_head_angles(hold_feats, head).var(0).clamp_min(1e-12)
+            clean_spread = target_spread_deg(hold_pred.double().cpu().numpy())
         cost = 1 + self.saliency_strength * saliency_map(frozen, fit[:256]) if self.saliency_strength else None
         torch.manual_seed(self.seed)
         gen = TriggerGenerator(
@@ -264,7 +266,6 @@ class SecureGaze(Detector):
             f = frozen.features(jitter(gx, self.jitter_noise, self.jitter_shift, score_jit))  # type: ignore[operator]
             pred = head(f)
             ratio = float((pred.var(0) / hold_var).mean())
-            hold_ang = feature_head_angles(frozen.features(hold), head).var(0).clamp_min(1e-12)  # type: ignore[operator]
             ang_ratio = float((feature_head_angles(f, head).var(0) / hold_ang).mean())
             l1 = float((gx - hold).abs().mean())
         pred_np = pred.double().cpu().numpy()
