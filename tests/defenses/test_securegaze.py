@@ -92,3 +92,11 @@ def test_bad_inputs_fail_before_work() -> None:
         SecureGaze(budget=0)
     with pytest.raises(BackdoorLabError, match="mix"):
         SecureGazeUnlearning(mix=0)
+
+
+def test_restarts_keep_the_best_collapse_of_all_starts() -> None:
+    one = SecureGaze(**{**FAST, "steps": 10}).inspect(toy_model(True), clean_split(64))
+    two = SecureGaze(**{**FAST, "steps": 10, "restarts": 2}).inspect(toy_model(True), clean_split(64))
+    assert two.score >= one.score  # the first start is one of the two
+    with pytest.raises(BackdoorLabError, match="restarts"):
+        SecureGaze(restarts=0)
