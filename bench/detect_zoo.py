@@ -159,21 +159,31 @@ def summarise(method: str, runs: list[dict[str, Any]], verdicts: list[dict[str, 
     }
 
 
+def _mark(text: str, met: bool) -> str:
+    return f"{text} ({'met' if met else 'missed'})"
+
+
 def table(results: dict[str, Any]) -> str:
+    """Methods x attack groups, each figure marked against the issue's target (printed and in the README)."""
     lines = [
-        "| method | attack | clean / backdoored | AUROC | TPR@FPR<=0.1 | accuracy | target error (deg) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | backdoored models | clean / backdoored | AUROC (target >= 0.95) | TPR at FPR <= 0.1 | accuracy "
+        "| target error on detected (target <= 5 deg) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, res in results.items():
-        for group, m in res["groups"].items():
-            te = "-" if m["target_error_deg_mean"] is None else f"{m['target_error_deg_mean']:.1f}"
+        for group in sorted(res["groups"], key=lambda g: (not g.startswith("overall"), g)):
+            m = res["groups"][group]
+            te = m["target_error_deg_mean"]
+            te_txt = "-" if te is None else _mark(f"{te:.1f} ({m['n_detected_with_target']} models)", te <= 5)
+            auc = _mark(f"{m['auroc']:.2f}", m["auroc"] >= 0.95)
             lines.append(
-                f"| {method} | {group} | {m['n_clean']} / {m['n_backdoored']} | {m['auroc']:.2f} | "
-                f"{m['tpr_at_fpr_0.1']:.2f} | {m['accuracy']:.2f} | {te} |"
+                f"| {method} | {group} | {m['n_clean']} / {m['n_backdoored']} | {auc} "
+                f"| {m['tpr_at_fpr_0.1']:.2f} | {m['accuracy']:.2f} | {te_txt} |"
             )
+        ratio = res["seconds_over_train_mean"]
         lines.append(
-            f"| {method} | time | | {res['seconds_mean']:.0f} s/model, "
-            f"{res['seconds_over_train_mean']:.2f}x training | | | |"
+            f"| {method} | time per model | | {res['seconds_mean']:.0f} s, "
+            f"{_mark(f'{ratio:.2f}x its training time', ratio <= 0.5)} (target <= 0.5x) | | | |"
         )
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ replaced, so the numbers shown are always the ones in the committed JSON files.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -183,26 +184,8 @@ def detection_table() -> str:
         f"`{r['provenance']['command']}` (defender's clean set: {r['n_clean']} test-split images; thresholds "
         "calibrated on clean seeds 0-4, evaluated on clean seeds 5-9 and every backdoored model)",
         "",
-        "| method | backdoored models | clean / backdoored | AUROC (target >= 0.95) | TPR at FPR <= 0.1 | accuracy "
-        "| target error on detected (target <= 5 deg) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for method, res in r["methods"].items():
-        for group in sorted(res["groups"], key=lambda g: (not g.startswith("overall"), g)):
-            m = res["groups"][group]
-            te = m["target_error_deg_mean"]
-            te_txt = "-" if te is None else _target(f"{te:.1f} ({m['n_detected_with_target']} models)", te <= 5)
-            auc = _target(f"{m['auroc']:.2f}", m["auroc"] >= 0.95)
-            lines.append(
-                f"| {method} | {group} | {m['n_clean']} / {m['n_backdoored']} | {auc} "
-                f"| {m['tpr_at_fpr_0.1']:.2f} | {m['accuracy']:.2f} | {te_txt} |"
-            )
-        ratio = res["seconds_over_train_mean"]
-        lines.append(
-            f"| {method} | time per model | | {res['seconds_mean']:.0f} s, "
-            f"{_target(f'{ratio:.2f}x its training time', ratio <= 0.5)} (target <= 0.5x) | | | |"
-        )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + importlib.import_module("detect_zoo").table(r["methods"])
 
 
 def mitigation_table() -> str:
@@ -210,8 +193,6 @@ def mitigation_table() -> str:
     r = _load("mitigate_zoo")
     if r is None:
         return ""
-    import importlib
-
     mz = importlib.import_module("mitigate_zoo")
     return f"`{r['provenance']['command']}` (zoo seeds {r['seeds']}; {r['n_clean']} clean images)\n\n" + mz.table(
         r["methods"]
