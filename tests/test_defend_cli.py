@@ -47,7 +47,7 @@ def test_mitigate_saves_a_model_and_before_after_metrics(
 ) -> None:
     params = (
         ("--param", "steps=3", "--param", "min_clean=16") if method == "securegaze" else ("--param", "min_clean=16")
-    )
+    ) + ("--param", "tune.epochs=2", "--param", "tune.lr=1e-3", "--param", "tune.freeze_batchnorm=true")
     result = invoke(
         runner, "mitigate", attacked_run, "--method", method, "--n-clean", "24", "--device", "cpu",
         "--out", tmp_path / "fixed", *params,
@@ -57,6 +57,8 @@ def test_mitigate_saves_a_model_and_before_after_metrics(
     for side in ("before", "after"):
         assert {"clean_error_deg", "attack_success_rate", "triggered_true_error_deg"} <= set(record[side])
     assert record["n_clean"] == 24 and record["n_scored"] > 0
+    tune = record["params"]["fine_tune"]  # the tune.* params set the schedule, not the method
+    assert (tune["epochs"], tune["lr"], tune["freeze_batchnorm"]) == (2, 1e-3, True)
     assert (tmp_path / "fixed" / "model.safetensors").is_file()
     again = invoke(runner, "eval", tmp_path / "fixed")  # the repaired model is a loadable checkpoint
     assert again.exit_code == 0, again.output
@@ -67,6 +69,10 @@ def test_bad_inputs_give_one_clear_error(runner: CliRunner, attacked_run: Path, 
     assert r.exit_code != 0 and "unknown detection method 'strip'" in flat(r.output)
     r = invoke(runner, "mitigate", attacked_run, "--method", "securegaze", "--param", "bogus=1", "--n-clean", "24")
     assert r.exit_code != 0 and "bogus" in flat(r.output)
+    r = invoke(runner, "mitigate", attacked_run, "--method", "fine_tuning", "--param", "tune.epochs=0")
+    assert r.exit_code != 0 and "fine-tuning settings" in flat(r.output) and "'epochs': 0" in flat(r.output)
+    r = invoke(runner, "mitigate", attacked_run, "--method", "fine_tuning", "--param", "tune.momentum=0.9")
+    assert r.exit_code != 0 and "momentum" in flat(r.output)
     r = invoke(runner, "detect", attacked_run, "--n-clean", "100000")
     assert r.exit_code != 0 and "leaves no held-out images" in flat(r.output)
     r = invoke(runner, "detect", attacked_run, "--n-clean", "24")  # default min_clean 128

@@ -253,3 +253,17 @@ def test_unknown_schedule_fails_before_any_training(faces: ArrayDataset) -> None
         train(model, GazeTask(), faces, _settings(schedule="linear", warmup_epochs=1.0))
     after = _weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_frozen_batchnorm_keeps_running_statistics_and_still_trains(faces: ArrayDataset) -> None:
+    def bn_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+    frozen, moving = _fresh(3), _fresh(3)
+    before = bn_stats(frozen)
+    assert before, "GazeCNN is expected to have BatchNorm layers"
+    train(frozen, GazeTask(), faces, _settings(freeze_batchnorm=True))
+    train(moving, GazeTask(), faces, _settings())
+    assert all(torch.equal(before[k], v) for k, v in bn_stats(frozen).items())
+    assert any(not torch.equal(before[k], v) for k, v in bn_stats(moving).items())
+    assert not torch.equal(frozen.head.weight, _fresh(3).head.weight)  # the weights did train

@@ -258,6 +258,10 @@ def sweep(
 
 
 _PARAM_HELP = "a method setting as KEY=VALUE (repeatable), e.g. --param steps=300 --param budget=0.02"
+_MITIGATE_PARAM_HELP = (
+    _PARAM_HELP + "; tune.KEY=VALUE sets the fine-tuning schedule (tune.epochs, tune.lr, tune.batch_size, "
+    "tune.weight_decay, tune.seed, tune.freeze_batchnorm)"
+)
 
 
 @app.command()
@@ -296,7 +300,7 @@ def mitigate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (model.safetensors + model.json + config.yaml)")],
     method: Annotated[str, typer.Option(help="securegaze, fine_tuning or fine_pruning")] = "securegaze",
     n_clean: Annotated[int, typer.Option(help="clean images the defender holds (from the run's test split)")] = 256,
-    param: Annotated[list[str] | None, typer.Option(help=_PARAM_HELP)] = None,
+    param: Annotated[list[str] | None, typer.Option(help=_MITIGATE_PARAM_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default RUN_DIR/mitigated/METHOD)")] = None,
     device: Annotated[str, typer.Option()] = "auto",
     unsafe_load: Annotated[bool, typer.Option(help="read non-safetensors weights (trusted files only)")] = False,

@@ -51,6 +51,9 @@ class TrainSettings:
     seed: int = 0
     progress: bool = True
     nan_check_every: int = 1  # steps between finiteness checks (a sync on CUDA)
+    # BatchNorm layers stay in eval mode (running statistics used and kept): for fine-tuning a
+    # trained model on a few, unusual batches (defences) without moving its statistics
+    freeze_batchnorm: bool = False
 
 
 @dataclass
@@ -119,6 +122,10 @@ def train(
     data.require(*task.required_annotations)
     dev = torch.device(device)
     model.to(dev).train()
+    if settings.freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = len(data) // settings.batch_size
     if steps_per_epoch == 0:

@@ -10,12 +10,14 @@ checks behave as in every other training in the toolkit.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.errors import ConfigError
 from backdoorlab.tasks.gaze import GazeTask
 from backdoorlab.training import BatchTransform, TrainSettings, pick_device, train
 
@@ -33,6 +35,22 @@ class FineTuneSettings:
     batch_size: int = 32
     weight_decay: float = 1e-4
     seed: int = 0
+    freeze_batchnorm: bool = False  # keep BatchNorm running statistics (see TrainSettings)
+
+    def __post_init__(self) -> None:
+        ok = (
+            isinstance(self.epochs, int) and self.epochs >= 1
+            and isinstance(self.batch_size, int) and self.batch_size >= 1
+            and isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0
+            and isinstance(self.weight_decay, int | float) and math.isfinite(self.weight_decay)
+            and self.weight_decay >= 0
+            and isinstance(self.seed, int) and isinstance(self.freeze_batchnorm, bool)
+        )  # fmt: skip
+        if not ok:
+            raise ConfigError(
+                "fine-tuning settings: epochs and batch_size must be integers >= 1, lr > 0, weight_decay >= 0, "
+                f"seed an integer and freeze_batchnorm true/false; got {self.params()}"
+            )
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +79,7 @@ def fine_tune(
             warmup_epochs=0.0,
             seed=settings.seed,
             progress=False,
+            freeze_batchnorm=settings.freeze_batchnorm,
         ),
         device=pick_device(device),
         batch_transform=batch_transform,

@@ -22,6 +22,7 @@ from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.defenses.base import Detector, Mitigator, Verdict
+from backdoorlab.defenses.tuning import FineTuneSettings
 from backdoorlab.errors import ConfigError
 from backdoorlab.experiments.attack import evaluate_attack, load_run_attack, load_run_config
 from backdoorlab.experiments.run import evaluate_model, load_data
@@ -68,23 +69,35 @@ def build_detector(method: str, params: dict[str, Any] | None = None, device: st
     raise ConfigError(f"unknown detection method {method!r}; choose one of {', '.join(DETECTORS)}")
 
 
+def fine_tune_settings(params: dict[str, Any], what: str) -> FineTuneSettings:
+    """Pop the ``tune.KEY`` entries of ``params`` into the mitigator's fine-tuning schedule.
+
+    Why a prefix: SecureGaze's own settings share names with the schedule (``seed``,
+    ``batch_size``, ``lr``), so ``--param tune.lr=2e-4`` is the fine-tuning rate and
+    ``--param lr=1e-2`` the generator's.
+    """
+    tune = {key.removeprefix("tune."): params.pop(key) for key in [k for k in params if k.startswith("tune.")]}
+    return _construct(FineTuneSettings, tune, f"{what} (tune.*)")
+
+
 def build_mitigator(method: str, params: dict[str, Any] | None = None, device: str = "auto") -> Mitigator:
-    """A mitigator by name; ``params`` go to the detector (securegaze) or the mitigator itself."""
+    """A mitigator by name; ``tune.*`` params set the fine-tuning schedule, the others the method."""
     params = dict(params or {})
+    settings = fine_tune_settings(params, method)
     if method == "securegaze":
         from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
 
         mix = params.pop("mix", 0.5)
-        return SecureGazeUnlearning(_construct(SecureGaze, {"device": device, **params}, "securegaze"), mix=mix,
-                                    device=device)  # fmt: skip
+        detector = _construct(SecureGaze, {"device": device, **params}, "securegaze")
+        return SecureGazeUnlearning(detector, settings, mix=mix, device=device)
     if method == "fine_tuning":
         from backdoorlab.defenses.fine_tuning import FineTuning
 
-        return _construct(FineTuning, {"device": device, **params}, "fine_tuning")
+        return _construct(FineTuning, {"device": device, **params, "settings": settings}, "fine_tuning")
     if method == "fine_pruning":
         from backdoorlab.defenses.fine_pruning import FinePruning
 
-        return _construct(FinePruning, {"device": device, **params}, "fine_pruning")
+        return _construct(FinePruning, {"device": device, **params, "settings": settings}, "fine_pruning")
     raise ConfigError(f"unknown mitigation method {method!r}; choose one of {', '.join(MITIGATORS)}")
 
 
