@@ -11,11 +11,38 @@ from torch import nn
 
 from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning, TriggerGenerator, jitter
 from backdoorlab.errors import BackdoorLabError, ModelContractError
+from backdoorlab.geometry import angular_error_deg
 
-from .toy_backdoor import clean_split, toy_model
+from .toy_backdoor import TARGET_DEG, clean_split, target_rad, toy_model
 
 FAST_BUDGET = 0.03
 FAST = {"steps": 120, "batch_size": 32, "min_clean": 32, "device": "cpu", "saliency_strength": 0.0}
+# Detection on the toy: the directed search (5 starts, pull towards a learnt collapse point)
+# with the input-independent part of G only (the toy trigger is a fixed square), ~2 s a model.
+# Measured with seeds 0/1/2: clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg.
+# The zoo-tuned defaults (undirected, one start) do not separate the toy: 0.51 clean vs 0.38.
+TOY_DETECT = {
+    **FAST, "steps": 100, "restarts": 5, "explore_steps": 20, "pull": 1.0, "input_dependent": False,
+    "threshold": 0.7,
+}  # fmt: skip
+
+
+def test_backdoored_toy_is_flagged_the_clean_one_not_and_the_target_is_found() -> None:
+    data = clean_split(128)
+    det = SecureGaze(**TOY_DETECT)
+    clean, bd = det.inspect(toy_model(False), data), det.inspect(toy_model(True), data)
+    assert bd.backdoored and not clean.backdoored, (clean.score, bd.score)
+    assert bd.score > clean.score + 0.3  # measured: 0.92 vs 0.43
+    assert bd.details["variance_ratio"] < 0.2  # the outputs collapse to an eighth of their clean variance
+    est = torch.tensor(np.radians(bd.estimated_target_deg), dtype=torch.float64)
+    assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimated_target_deg, TARGET_DEG)
+    # the reversed trigger sits on the real one: G changes the bottom-right corner most
+    x, _ = data.batch(np.arange(len(data)))
+    generator = det.reverse(toy_model(True), data).generator  # the same search as the verdict's (seeded)
+    with torch.no_grad():
+        change = generator.perturbation(x).abs().mean((0, 1))
+    row, col = divmod(int(change.argmax()), change.shape[1])
+    assert row >= 20 and col >= 20, (row, col)  # the square covers rows/columns 26-28
 
 
 def test_generator_starts_as_the_identity_and_respects_its_budget() -> None:
@@ -100,3 +127,5 @@ def test_restarts_keep_the_best_collapse_of_all_starts() -> None:
     assert two.score >= one.score  # the first start is one of the two
     with pytest.raises(BackdoorLabError, match="restarts"):
         SecureGaze(restarts=0)
+    with pytest.raises(BackdoorLabError, match="pull"):
+        SecureGaze(pull=-1.0)
