@@ -1,7 +1,7 @@
 """Bench: backdoor detection on the gaze model zoo (``configs/zoo/gaze.yaml``).
 
     backdoorlab sweep configs/zoo/gaze.yaml --runs-dir runs/zoo --workers 2     # build the zoo first
-    python bench/detect_zoo.py --methods securegaze,neural_cleanse --jobs 2
+    python bench/detect_zoo.py --jobs 2          # every method in BENCH_METHODS
 
 Protocol. Clean models with seeds 0-4 are *reference* models: each method calibrates its
 threshold on them (``Detector.fit``, at most 10% of references flagged). Every other model
@@ -38,9 +38,12 @@ from common import RESULTS, write_result  # noqa: E402
 from backdoorlab.report.zoo_report import write_zoo_report  # noqa: E402
 
 REFERENCE_SEEDS = range(5)
-BENCH_PARAMS: dict[str, dict[str, Any]] = {  # the settings this bench runs (CPU-sized)
-    "securegaze": {},
-    "neural_cleanse": {"restarts": 2, "steps": 150},
+# name in the tables -> (detector, the settings this bench runs it with; CPU-sized)
+BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "securegaze": ("securegaze", {}),
+    # the directed search: 4 starts pulled towards far-apart clean outputs, 40 steps each, the best continued
+    "securegaze_directed": ("securegaze", {"restarts": 4, "explore_steps": 40, "pull": 1.0}),
+    "neural_cleanse": ("neural_cleanse", {"restarts": 2, "steps": 150}),
 }
 
 
@@ -69,21 +72,34 @@ def zoo_runs(store: Path) -> list[dict[str, Any]]:
     return out
 
 
-def inspect_one(method: str, run_dir: str, n_clean: int) -> dict[str, Any]:
-    """Verdict of one model (cached in the run folder when the settings match)."""
+def inspect_one(name: str, run_dir: str, n_clean: int) -> dict[str, Any]:
+    """Verdict of one model (cached in ``RUN/defence/NAME/`` while the settings match)."""
     import torch
 
     torch.set_num_threads(1)
-    from backdoorlab.experiments.defend import detect_run
+    from backdoorlab.experiments.defend import build_detector, detect_run
 
-    params = dict(BENCH_PARAMS[method])
-    cached = Path(run_dir) / "defence" / method / "verdict.json"
+    method, params = BENCH_METHODS[name]
+    folder = Path(run_dir) / "defence" / name
+    cached = folder / "verdict.json"
     if cached.is_file():
         v = json.loads(cached.read_text())
-        if {k: v["details"]["params"].get(k) for k in params} == params and v["details"]["n_clean"] == n_clean:
+        current = build_detector(method, params, "cpu").params()
+        defaults = build_detector(method, {}, "cpu").params()
+        if cache_matches(v["details"]["params"], current, defaults) and v["details"]["n_clean"] == n_clean:
             return v
-    verdict, _ = detect_run(Path(run_dir), method, n_clean, params, device="cpu")
+    verdict, _ = detect_run(Path(run_dir), method, n_clean, params, device="cpu", out_dir=folder)
     return verdict.to_json()
+
+
+def cache_matches(cached: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    """Whether a verdict made with ``cached`` settings is one the ``current`` settings would make.
+
+    Every setting is compared (so changing a method's default invalidates the cache), except
+    the device; a setting the method gained after the verdict was made counts at its default
+    value, which by the rule for new settings reproduces the old behaviour.
+    """
+    return all(cached.get(k, defaults.get(k)) == v for k, v in current.items() if k != "device")
 
 
 def angle_deg(a: list[float], b: list[float]) -> float:
@@ -191,7 +207,7 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, default=Path("runs/zoo/results.sqlite"))
-    ap.add_argument("--methods", default="securegaze,neural_cleanse")
+    ap.add_argument("--methods", default=",".join(BENCH_METHODS), help=f"some of {', '.join(BENCH_METHODS)}")
     ap.add_argument("--n-clean", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="skip detection: rewrite the HTML from the JSON")
@@ -207,7 +223,8 @@ def main() -> None:
         for method in args.methods.split(","):
             jobs = [pool.submit(inspect_one, method, r["run_dir"], args.n_clean) for r in runs]
             verdicts = [j.result() for j in jobs]
-            results[method] = {"params": BENCH_PARAMS[method], **summarise(method, runs, verdicts)}
+            detector, params = BENCH_METHODS[method]
+            results[method] = {"detector": detector, "params": params, **summarise(method, runs, verdicts)}
             print(f"{method}: done", flush=True)
     out = write_result("detect_zoo", {"n_clean": args.n_clean, "methods": results})
     write_zoo_report(out, RESULTS / "detect_zoo.html")
