@@ -14,7 +14,9 @@ accuracy at the calibrated threshold, the angle between the estimated and the re
 on detected models, and detection seconds as a fraction of the model's training time
 (same thread count: the zoo trains and this bench inspects one model per core).
 
-Output: ``bench/results/detect_zoo.json`` and a table.
+Output: ``bench/results/detect_zoo.json`` and a table. Another zoo (``--store``, e.g. the
+ResNet-18 slice of ``configs/zoo/gaze_resnet18.yaml``) writes ``detect_zoo_TAG.json``
+with ``--tag TAG``, calibrated on its own ``--reference-seeds``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from common import RESULTS, write_result  # noqa: E402
 
 from backdoorlab.report.zoo_report import write_zoo_report  # noqa: E402
 
-REFERENCE_SEEDS = range(5)
+REFERENCE_SEEDS = tuple(range(5))  # clean seeds that calibrate (--reference-seeds)
 # name in the tables -> (detector, the settings this bench runs it with; CPU-sized)
 BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "securegaze": ("securegaze", {}),
@@ -108,8 +110,8 @@ def angle_deg(a: list[float], b: list[float]) -> float:
     return float(angular_error_deg(np.radians([a]), np.radians([b]))[0])
 
 
-def is_reference(run: dict[str, Any]) -> bool:
-    return run["attack"] == "clean" and run["seed"] in REFERENCE_SEEDS
+def is_reference(run: dict[str, Any], reference_seeds: tuple[int, ...] = REFERENCE_SEEDS) -> bool:
+    return run["attack"] == "clean" and run["seed"] in reference_seeds
 
 
 def kind(run: dict[str, Any]) -> str:
@@ -121,14 +123,19 @@ def kind(run: dict[str, Any]) -> str:
     return str(run["attack"])
 
 
-def summarise(method: str, runs: list[dict[str, Any]], verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(
+    method: str,
+    runs: list[dict[str, Any]],
+    verdicts: list[dict[str, Any]],
+    reference_seeds: tuple[int, ...] = REFERENCE_SEEDS,
+) -> dict[str, Any]:
     from backdoorlab.defenses.base import calibrated_threshold
     from backdoorlab.metrics.detection import accuracy_at, auroc, tpr_at_fpr
 
     pairs = list(zip(runs, verdicts, strict=True))
-    ref = [v["score"] for r, v in pairs if is_reference(r)]
+    ref = [v["score"] for r, v in pairs if is_reference(r, reference_seeds)]
     threshold = calibrated_threshold(ref, 0.1)
-    ev = [(r, v) for r, v in pairs if not is_reference(r)]
+    ev = [(r, v) for r, v in pairs if not is_reference(r, reference_seeds)]
     clean = [(r, v) for r, v in ev if r["attack"] == "clean"]
     backdoored = [(r, v) for r, v in ev if r["attack"] != "clean"]
     groups = {
@@ -168,7 +175,7 @@ def summarise(method: str, runs: list[dict[str, Any]], verdicts: list[dict[str, 
             {
                 **{k: r[k] for k in ("run_dir", "seed", "attack", "target_deg", "attack_success_rate", "adaptive")},
                 **{k: v.get(k) for k in ("score", "estimated_target_deg", "seconds")},
-                "reference": is_reference(r),
+                "reference": is_reference(r, reference_seeds),
             }
             for r, v in pairs
         ],
@@ -211,9 +218,13 @@ def main() -> None:
     ap.add_argument("--n-clean", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="skip detection: rewrite the HTML from the JSON")
+    ap.add_argument("--tag", default="", help="another zoo: results go to detect_zoo_TAG.json/.html")
+    ap.add_argument("--reference-seeds", default=",".join(map(str, REFERENCE_SEEDS)), help="clean seeds that calibrate")
     args = ap.parse_args()
+    name = f"detect_zoo_{args.tag}" if args.tag else "detect_zoo"
+    refs = tuple(int(v) for v in args.reference_seeds.split(","))
     if args.report_only:
-        print(write_zoo_report(RESULTS / "detect_zoo.json", RESULTS / "detect_zoo.html"))
+        print(write_zoo_report(RESULTS / f"{name}.json", RESULTS / f"{name}.html"))
         return
     if not args.store.is_file():
         sys.exit(f"{args.store} not found: build the zoo first (see this script's docstring)")
@@ -224,10 +235,11 @@ def main() -> None:
             jobs = [pool.submit(inspect_one, method, r["run_dir"], args.n_clean) for r in runs]
             verdicts = [j.result() for j in jobs]
             detector, params = BENCH_METHODS[method]
-            results[method] = {"detector": detector, "params": params, **summarise(method, runs, verdicts)}
+            summary = summarise(method, runs, verdicts, refs)
+            results[method] = {"detector": detector, "params": params, **summary}
             print(f"{method}: done", flush=True)
-    out = write_result("detect_zoo", {"n_clean": args.n_clean, "methods": results})
-    write_zoo_report(out, RESULTS / "detect_zoo.html")
+    out = write_result(name, {"n_clean": args.n_clean, "reference_seeds": list(refs), "methods": results})
+    write_zoo_report(out, RESULTS / f"{name}.html")
     print(table(results))
 
 
