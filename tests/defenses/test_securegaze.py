@@ -33,7 +33,7 @@ def test_backdoored_toy_is_flagged_the_clean_one_not_and_the_target_is_found() -
     clean, bd = det.inspect(toy_model(False), data), det.inspect(toy_model(True), data)
     assert bd.backdoored and not clean.backdoored, (clean.score, bd.score)
     assert bd.score > clean.score + 0.3  # measured: 0.92 vs 0.43
-    assert bd.details["variance_ratio"] < 0.2  # the outputs collapse to an eighth of their clean variance
+    assert bd.details["variance_ratio"] < 0.2  # measured 0.12 of the clean output variance
     est = torch.tensor(np.radians(bd.estimated_target_deg), dtype=torch.float64)
     assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimated_target_deg, TARGET_DEG)
     # the reversed trigger sits on the real one: G changes the bottom-right corner most
