@@ -175,14 +175,16 @@ def throughput_table() -> str:
     return "\n".join(lines)
 
 
-def detection_table() -> str:
-    """Detectors x attack groups on the zoo, from ``bench/results/detect_zoo.json`` (``python bench/detect_zoo.py``)."""
-    r = _load("detect_zoo")
+def detection_table(name: str = "detect_zoo") -> str:
+    """Detectors x attack groups on a zoo, from ``bench/results/NAME.json`` (``python bench/detect_zoo.py``)."""
+    r = _load(name)
     if r is None:
         return ""
+    refs = r.get("reference_seeds", list(range(5)))
     lines = [
         f"`{r['provenance']['command']}` (defender's clean set: {r['n_clean']} test-split images; thresholds "
-        "calibrated on clean seeds 0-4, evaluated on clean seeds 5-9 and every backdoored model)",
+        f"calibrated on clean seeds {', '.join(map(str, refs))}, evaluated on the other clean seeds and every "
+        "backdoored model)",
         "",
     ]
     return "\n".join(lines) + "\n" + importlib.import_module("detect_zoo").table(r["methods"])
@@ -207,6 +209,7 @@ def markdown() -> str:
         (attack_table(), "Backdoor attacks on gaze"),
         (throughput_table(), "Trigger throughput"),
         (detection_table(), "Backdoor detection on the gaze zoo"),
+        (detection_table("detect_zoo_resnet18"), "Backdoor detection on the ResNet-18 slice of the zoo"),
         (mitigation_table(), "Backdoor removal on zoo models"),
     ):
         if extra:
