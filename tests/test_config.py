@@ -246,9 +246,13 @@ def test_example_configs_validate(path: Path) -> None:
 
         planned = expand(*load_sweep(path))
         assert len(planned) >= 2
-        if path.parent.name == "zoo":  # the minimum zoo: 10 clean + 10 backdoored
+        if path.parent.name == "zoo" and path.name == "gaze.yaml":  # the minimum zoo: 10 clean + 10 backdoored
             assert sum(r.config.attack is None for r in planned) >= 10
             assert sum(r.config.attack is not None for r in planned) >= 10
+        if path.name == "gaze_resnet18.yaml":  # the ResNet-18 slice: every model a ResNet-18, every trigger type
+            assert {r.config.model.name for r in planned} == {"resnet18"}
+            triggers = {r.config.attack.trigger["name"] for r in planned if r.config.attack}
+            assert triggers >= {"patch", "blend", "wanet", "sticker"}
         return
     cfg = load_config(path)
     if path.name.startswith("backdoor_"):
