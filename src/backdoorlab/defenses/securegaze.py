@@ -265,7 +265,8 @@ class SecureGaze(Detector):
         hold, fit = hold.to(dev), fit.to(dev)
         with torch.no_grad():
             feats = frozen.features(fit)  # type: ignore[operator]
-            out_var = head(feats).var(0).clamp_min(1e-12)
+            fit_pred = head(feats)
+            out_var = fit_pred.var(0).clamp_min(1e-12)
             ang_var = feature_head_angles(feats, head).var(0).clamp_min(1e-12)
             hold_feats = frozen.features(hold)  # type: ignore[operator]
             hold_pred = head(hold_feats)
@@ -274,8 +275,7 @@ class SecureGaze(Detector):
             clean_spread = target_spread_deg(hold_pred.double().cpu().numpy())
         cost = 1 + self.saliency_strength * saliency_map(frozen, fit[:256]) if self.saliency_strength else None
         stats = (out_var, ang_var)
-        with torch.no_grad():
-            targets = initial_targets(head(feats), self.restarts)
+        targets = initial_targets(fit_pred, self.restarts)
         searches = [self._start(frozen, fit, stats, cost, i, t, rng) for i, t in enumerate(targets)]
         if len(searches) > 1:  # explore every start briefly, continue the one that collapses the held-out set most
             explore = min(self.explore_steps, self.steps)
