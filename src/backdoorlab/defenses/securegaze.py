@@ -30,6 +30,14 @@ How this differs from the paper, and why (each measured on the gaze zoo, see the
 - **A learned input-independent image in G** (``x + conv(x) + P``). A purely
   convolutional generator cannot put a patch at a fixed place in a uniform background:
   on the zoo it never found the corner-patch trigger. ``P`` can.
+- **Starts screened from solid squares** (``scan_starts``). Besides the start from ``P = 0``,
+  the search starts from the few black or white squares that, painted within the budget,
+  collapse the outputs most (screened without gradients). A zoo patch or sticker trigger
+  fits well within the budget and collapses its model to 0.001-0.01 of the clean output
+  variance, yet gradient descent from ``P = 0`` settles on a dense adversarial
+  perturbation; from a square near the trigger it finds the trigger. Clean models gain
+  nothing from it (their zoo scores did not change), backdoored ones found from no other
+  start do (the random-location patch, the demo's tape).
 - **Saliency-weighted budget** (our substitute for DRMGuard's momentum-based
   transformation reversing, whose equations are not published): every gaze model,
   clean or not, can be collapsed by repainting the irises, a natural shortcut.
@@ -98,6 +106,26 @@ def jitter(images: Tensor, noise: float, shift: int, gen: torch.Generator) -> Te
     return images
 
 
+def square_patterns(shape: tuple[int, int, int], side_fraction: float) -> list[tuple[Tensor, tuple[int, int, int]]]:
+    """Additive images that paint one solid black or white square, on a grid of half-overlapping places.
+
+    Each is ``(pattern, (row, col, colour))`` with ``pattern`` of shape (1, C, H, W): +1 (white)
+    or -1 (black) inside the square, 0 elsewhere; added to an image and clamped, it paints the
+    square. Used to screen starts for the generator's input-independent image ``P``.
+    """
+    c, h, w = shape
+    side = max(1, round(side_fraction * min(h, w)))
+    stride = max(1, side // 2)
+    out = []
+    for i in range(0, h - side + 1, stride):
+        for j in range(0, w - side + 1, stride):
+            for colour in (1, -1):
+                pat = torch.zeros(1, c, h, w)
+                pat[..., i : i + side, j : j + side] = float(colour)
+                out.append((pat, (i, j, colour)))
+    return out
+
+
 class TriggerGenerator(nn.Module):
     """G(x) = clamp(x + d(x), 0, 1), with d = conv(x) + P rescaled into a per-image budget.
 
@@ -131,6 +159,14 @@ class TriggerGenerator(nn.Module):
         self.pattern = nn.Parameter(torch.zeros(1, c, h, w) if r is None else torch.zeros(1, c, r, r))
         self.budget = budget
         self.register_buffer("cost", torch.ones(1, 1, h, w) if cost is None else cost / cost.mean())
+
+    @torch.no_grad()
+    def set_pattern(self, image: Tensor) -> None:
+        """Start ``P`` at a full-resolution (1, C, H, W) image (area-averaged onto P's grid when it is coarser)."""
+        p = self.pattern
+        if image.shape[-2:] != p.shape[-2:]:
+            image = nn.functional.adaptive_avg_pool2d(image, p.shape[-2:])
+        p.copy_(image.to(p.device))
 
     def perturbation(self, x: Tensor) -> Tensor:
         p = self.pattern
@@ -183,12 +219,23 @@ class SecureGaze(Detector):
         lambda_feat: weight of the feature-angle variance term (0 = output term only).
         pull: weight of ``|mean output - t|^2`` (clean-variance units), t a learnt collapse point started per
             restart. 0 = the paper's undirected variance loss, the default. With ``pull=1, restarts=4,
-            explore_steps=40`` the zoo's fixed-target AUROC went from 0.87 to 0.93, about the run-to-run
-            spread of single models, at 0.42x instead of 0.32x a model's training time (design note,
-            section 9). The tests' toy backdoor, whose target is far from every clean output, is found
-            only with a pull and restarts.
+            explore_steps=40`` (and no screened squares) the zoo's fixed-target AUROC went from 0.87 to 0.93,
+            about the run-to-run spread of single models, at 0.42x instead of 0.32x a model's training
+            time (design note, section 9); the screened squares did more. On the tests' toy backdoor, whose
+            target is far from every clean output, either a pull with restarts or the screened squares is needed.
         target_lr: Adam learning rate of t (radians).
-        explore_steps: steps every start runs before the best one is chosen (restarts > 1 only).
+        explore_steps: steps every start runs before the best one is chosen (when there are several starts).
+        scan_starts: extra starts whose ``P`` begins as a solid black or white square: the ``scan_starts``
+            squares (on a grid of half-overlapping places, both colours) that collapse the outputs most, as
+            painted by G within the budget, screened without gradients. Why: a patch or sticker trigger
+            fits easily within the budget (it collapses a backdoored zoo model's outputs to a variance ratio
+            of 0.001-0.01), yet the gradient search from ``P = 0`` settles on a dense adversarial
+            perturbation instead; a square painted near the trigger is already a partial trigger, so the
+            search starts inside its basin. The zoo's random-location patch model, never found from
+            ``P = 0``, collapses to a ratio below 0.001 under a white square anywhere on the face. Costs one
+            forward pass of ``scan_images`` images per square and ``explore_steps`` per start.
+        scan_side: side of the screened squares, as a fraction of the image side (stride: half of it).
+        scan_images: clean images (from the optimisation part) each square is screened on.
         jitter_noise: std of the Gaussian noise added to G(x) before the model (optimisation and score).
         jitter_shift: largest random translation (pixels) applied to G(x) before the model.
         threshold: score threshold (``-log10`` of the variance ratio); :meth:`fit` calibrates it.
@@ -215,7 +262,10 @@ class SecureGaze(Detector):
         lambda_feat: float = 1.0,
         pull: float = 0.0,
         target_lr: float = 0.02,
-        explore_steps: int = 50,
+        explore_steps: int = 30,
+        scan_starts: int = 3,
+        scan_side: float = 0.2,
+        scan_images: int = 32,
         jitter_noise: float = 0.0,
         jitter_shift: int = 0,
         threshold: float = 2.0,
@@ -236,12 +286,18 @@ class SecureGaze(Detector):
                 f"SecureGaze: pull >= 0, target_lr > 0 and explore_steps >= 1 are required; got pull={pull}, "
                 f"target_lr={target_lr}, explore_steps={explore_steps}"
             )
+        if scan_starts < 0 or not 0 < scan_side <= 1 or scan_images < 2:
+            raise BackdoorLabError(
+                f"SecureGaze: scan_starts >= 0, 0 < scan_side <= 1 and scan_images >= 2 are required; got "
+                f"scan_starts={scan_starts}, scan_side={scan_side}, scan_images={scan_images}"
+            )
         if not 0 < holdout < 1:
             raise BackdoorLabError(f"SecureGaze: holdout must be in (0, 1); got {holdout}")
         self.steps, self.restarts, self.batch_size, self.lr, self.width = steps, restarts, batch_size, lr, width
         self.input_dependent, self.pattern_resolution = input_dependent, pattern_resolution
         self.budget, self.saliency_strength, self.lambda_feat = budget, saliency_strength, lambda_feat
         self.pull, self.target_lr, self.explore_steps = pull, target_lr, explore_steps
+        self.scan_starts, self.scan_side, self.scan_images = scan_starts, scan_side, scan_images
         self.jitter_noise, self.jitter_shift = jitter_noise, jitter_shift
         self.threshold, self.holdout, self.min_clean = threshold, holdout, min_clean
         self.n_examples, self.seed, self.device = n_examples, seed, device
@@ -277,6 +333,8 @@ class SecureGaze(Detector):
         stats = (out_var, ang_var)
         targets = initial_targets(fit_pred, self.restarts)
         searches = [self._start(frozen, fit, stats, cost, i, t, rng) for i, t in enumerate(targets)]
+        for k, (pattern, t) in enumerate(self._scan_squares(frozen, fit, out_var, cost)):
+            searches.append(self._start(frozen, fit, stats, cost, len(targets) + k, t, rng, pattern))
         if len(searches) > 1:  # explore every start briefly, continue the one that collapses the held-out set most
             explore = min(self.explore_steps, self.steps)
             for search in searches:
@@ -310,17 +368,56 @@ class SecureGaze(Detector):
             examples=tensor_to_images(gx[: self.n_examples].cpu()),
         )
 
+    def _generator(self, shape: tuple[int, ...], cost: Tensor | None, input_dependent: bool = True) -> TriggerGenerator:
+        dependent = self.input_dependent and input_dependent
+        return TriggerGenerator(shape, self.budget, cost, self.width, dependent, self.pattern_resolution)  # type: ignore[arg-type]
+
     def _start(self, frozen: nn.Module, fit: Tensor, stats: tuple[Tensor, Tensor], cost: Tensor | None,
-               index: int, target_init: Tensor, batches: np.random.Generator) -> _Search:  # fmt: skip
-        """Start ``index``: its own generator initialisation, batch order, jitter and initial target.
+               index: int, target_init: Tensor, batches: np.random.Generator,
+               pattern: Tensor | None = None) -> _Search:  # fmt: skip
+        """Start ``index``: its own generator initialisation, batch order, jitter, initial target and ``P``.
 
         Start 0 draws its batches from ``batches`` (the generator that split the clean set).
         """
         torch.manual_seed(self.seed + index)
-        shape = tuple(fit.shape[1:])
-        gen = TriggerGenerator(shape, self.budget, cost, self.width, self.input_dependent, self.pattern_resolution)  # type: ignore[arg-type]
+        gen = self._generator(tuple(fit.shape[1:]), cost)
+        if pattern is not None:
+            gen.set_pattern(pattern)
         rng = batches if index == 0 else np.random.default_rng([self.seed, index])
         return _Search(self, frozen, fit, stats, gen.to(fit.device), target_init, rng, self.seed + index)
+
+    @torch.no_grad()
+    def _scan_squares(
+        self, frozen: nn.Module, fit: Tensor, out_var: Tensor, cost: Tensor | None
+    ) -> list[tuple[Tensor, Tensor]]:
+        """``(P, mean output)`` of the ``scan_starts`` squares that collapse the outputs most, places apart.
+
+        Each square is applied as G would apply it (added, rescaled into the budget, clamped);
+        the ranking is by output-variance ratio on ``scan_images`` clean images. A square is
+        skipped when one of the same colour already chosen overlaps it, so the starts differ.
+        """
+        if not self.scan_starts:
+            return []
+        x = fit[: self.scan_images]
+        # P alone: a new generator's convolutional part adds exactly zero, so this is each start's G, cheaper
+        gen = self._generator(tuple(fit.shape[1:]), cost, input_dependent=False).to(fit.device).eval()
+        ranked = []
+        for pattern, place in square_patterns(tuple(fit.shape[1:]), self.scan_side):  # type: ignore[arg-type]
+            gen.set_pattern(pattern)
+            y = frozen(gen(x))
+            ranked.append((float((y.var(0) / out_var).mean()), place, pattern, y.mean(0)))
+        ranked.sort(key=lambda r: r[0])
+        side = max(1, round(self.scan_side * min(fit.shape[-2:])))
+        chosen: list[tuple[Tensor, Tensor]] = []
+        places: list[tuple[int, int, int]] = []
+        for _, (i, j, colour), pattern, mean in ranked:
+            if any(c == colour and abs(i - a) < side and abs(j - b) < side for a, b, c in places):
+                continue
+            chosen.append((pattern, mean))
+            places.append((i, j, colour))
+            if len(chosen) == self.scan_starts:
+                break
+        return chosen
 
     @torch.no_grad()
     def _hold_ratio(self, frozen: nn.Module, gen: TriggerGenerator, hold: Tensor, hold_var: Tensor) -> float:
