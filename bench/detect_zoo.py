@@ -43,9 +43,25 @@ REFERENCE_SEEDS = tuple(range(5))  # clean seeds that calibrate (--reference-see
 # name in the tables -> (detector, the settings this bench runs it with; CPU-sized)
 BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "securegaze": ("securegaze", {}),
+    # the default before the square-screened starts: one start from P = 0 (explore_steps has no effect
+    # with one start; 50, its value then, keeps the verdicts cached before it was lowered valid)
+    "securegaze_no_scan": ("securegaze", {"scan_starts": 0, "explore_steps": 50}),
     # the directed search: 4 starts pulled towards far-apart clean outputs, 40 steps each, the best continued
-    "securegaze_directed": ("securegaze", {"restarts": 4, "explore_steps": 40, "pull": 1.0}),
+    "securegaze_directed": ("securegaze", {"restarts": 4, "explore_steps": 40, "pull": 1.0, "scan_starts": 0}),
     "neural_cleanse": ("neural_cleanse", {"restarts": 2, "steps": 150}),
+}
+# Settings a method gained after verdicts were cached, each with the value it was introduced at
+# (which reproduced what the method did before it had the setting). A setting missing here counts
+# at its current default: list every setting that changes behaviour by itself, or a later change
+# of its default would silently reuse stale verdicts (as scan_starts would have). Settings that
+# only matter through a listed one (scan_side and scan_images through scan_starts) need not be.
+BEFORE_IT_EXISTED: dict[str, Any] = {
+    "restarts": 1,
+    "pull": 0.0,
+    "target_lr": 0.02,
+    "explore_steps": 50,
+    "scan_starts": 0,
+    "freeze_batchnorm": False,
 }
 
 
@@ -98,10 +114,26 @@ def cache_matches(cached: dict[str, Any], current: dict[str, Any], defaults: dic
     """Whether a verdict made with ``cached`` settings is one the ``current`` settings would make.
 
     Every setting is compared (so changing a method's default invalidates the cache), except
-    the device; a setting the method gained after the verdict was made counts at its default
-    value, which by the rule for new settings reproduces the old behaviour.
+    the device; a setting the method gained after the verdict was made counts at the value
+    that reproduces the old behaviour: :data:`BEFORE_IT_EXISTED`, else its default.
     """
-    return all(cached.get(k, defaults.get(k)) == v for k, v in current.items() if k != "device")
+    flat_cached, flat_current, flat_defaults = _flatten(cached), _flatten(current), _flatten(defaults)
+    return all(
+        flat_cached.get(k, BEFORE_IT_EXISTED.get(k.rsplit(".", 1)[-1], flat_defaults.get(k))) == v
+        for k, v in flat_current.items()
+        if k.rsplit(".", 1)[-1] != "device"
+    )
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings (a mitigator's detector and fine-tuning) as one level of dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def angle_deg(a: list[float], b: list[float]) -> float:

@@ -6,9 +6,10 @@ Each method repairs each chosen backdoored zoo model (default: one per trigger t
 patch, blend, WaNet, sticker) from the defender's 256 clean test-split images (4% of the
 training set) with its default settings, exactly as ``backdoorlab mitigate RUN`` does;
 the repaired model is scored on the rest of the test split with the run's *real*
-trigger. Results are cached in ``RUN/mitigated/METHOD/mitigation.json`` (an interrupted
-bench resumes). Targets from the issue: attack success rate <= 0.05 after SecureGaze,
-triggered true error within 2x the clean error, clean error increase <= 0.5 deg.
+trigger. Results are cached in ``RUN/mitigated/METHOD/mitigation.json`` while the
+method's settings match (an interrupted bench resumes; a changed default re-runs).
+Targets from the issue: attack success rate <= 0.05 after SecureGaze, triggered true
+error within 2x the clean error, clean error increase <= 0.5 deg.
 
 Output: ``bench/results/mitigate_zoo.json`` and a table.
 """
@@ -27,18 +28,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import write_result  # noqa: E402
-from detect_zoo import zoo_runs  # noqa: E402
+from detect_zoo import cache_matches, zoo_runs  # noqa: E402
 
 KEYS = ("clean_error_deg", "attack_error_deg", "triggered_true_error_deg", "attack_success_rate")
 
 
 def mitigate_one(method: str, run_dir: str, n_clean: int) -> dict[str, Any]:
-    from backdoorlab.experiments.defend import mitigate_run
+    from backdoorlab.experiments.defend import build_mitigator, mitigate_run
 
     cached = Path(run_dir) / "mitigated" / method / "mitigation.json"
     if cached.is_file():
         record = json.loads(cached.read_text())
-        if record["n_clean"] == n_clean:
+        current = build_mitigator(method, device="cpu").params()
+        if record["n_clean"] == n_clean and cache_matches(record["params"], current, current):
             return record
     record, _ = mitigate_run(Path(run_dir), method, n_clean, device="cpu")
     return record
