@@ -54,13 +54,14 @@ BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 # (which reproduced what the method did before it had the setting). A setting missing here counts
 # at its current default: list every setting that changes behaviour by itself, or a later change
 # of its default would silently reuse stale verdicts (as scan_starts would have). Settings that
-# only matter through a listed one (scan_side and scan_images through scan_starts) need not be.
+# only matter through a listed one (scan_images through scan_starts) need not be.
 BEFORE_IT_EXISTED: dict[str, Any] = {
     "restarts": 1,
     "pull": 0.0,
     "target_lr": 0.02,
     "explore_steps": 50,
     "scan_starts": 0,
+    "scan_shapes": [[0.2, 0.2]],  # squares only, before the bars
     "freeze_batchnorm": False,
 }
 

@@ -65,3 +65,11 @@ def test_nested_mitigation_settings_are_compared_leaf_by_leaf(bench: ModuleType)
     assert not bench.cache_matches(old, current, current)
     no_scan = {**current, "detector": {**current["detector"], "scan_starts": 0}}
     assert bench.cache_matches(old, no_scan, no_scan)
+
+
+def test_a_verdict_from_before_the_bars_is_stale_unless_the_row_screens_squares_only(bench: ModuleType) -> None:
+    defaults = SecureGaze().params()
+    cached = {k: v for k, v in defaults.items() if k != "scan_shapes"}  # screened squares of side 0.2 only
+    assert not bench.cache_matches(cached, defaults, defaults)
+    squares = SecureGaze(scan_shapes=[[0.2, 0.2]]).params()
+    assert bench.cache_matches(cached, squares, defaults)

@@ -14,7 +14,7 @@ from backdoorlab.defenses.securegaze import (
     SecureGazeUnlearning,
     TriggerGenerator,
     jitter,
-    square_patterns,
+    solid_patterns,
 )
 from backdoorlab.errors import BackdoorLabError, ModelContractError
 from backdoorlab.geometry import angular_error_deg
@@ -24,14 +24,16 @@ from .toy_backdoor import TARGET_DEG, clean_split, target_rad, toy_model
 FAST_BUDGET = 0.03
 FAST = {"steps": 120, "batch_size": 32, "min_clean": 32, "device": "cpu", "saliency_strength": 0.0}
 # Detection on the toy, two ways (each ~2-3 s a model), both with the input-independent part of G
-# only (the toy trigger is a fixed square). Measured with seeds 0/1/2 (clean vs backdoored score):
-# - the paper's undirected loss from the default square-screened starts (60 steps):
-#   clean 0.49/0.51/0.57, backdoored 1.16/1.13/1.18, target within 2 deg;
-# - the directed search (5 starts pulled towards far-apart clean outputs, no screened squares):
-#   clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg.
+# only (the toy trigger is a fixed square). Measured with seeds 0/1/2 on one torch thread, as the
+# suite runs (clean vs backdoored score):
+# - the paper's undirected loss from the default rectangle-screened starts (60 steps):
+#   clean 0.49/0.54/0.62, backdoored 1.46/1.34/1.48, target within 1 deg;
+# - the directed search (5 starts pulled towards far-apart clean outputs, no screened rectangles):
+#   clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg (on two threads, whose float
+#   sums differ, seed 0 gave 0.46 vs 0.61: the directed search is the fragile one).
 # From P = 0 alone (the default before the screened starts) the toy is not separated: 0.51 clean vs 0.38.
 TOY_DETECT = {
-    "screened squares": {**FAST, "steps": 60, "explore_steps": 20, "input_dependent": False, "threshold": 0.85},
+    "screened rectangles": {**FAST, "steps": 60, "explore_steps": 20, "input_dependent": False, "threshold": 0.85},
     "directed search": {
         **FAST, "steps": 100, "restarts": 5, "explore_steps": 20, "pull": 1.0, "input_dependent": False,
         "scan_starts": 0, "threshold": 0.7,
@@ -46,7 +48,7 @@ def test_backdoored_toy_is_flagged_the_clean_one_not_and_the_target_is_found(sea
     clean, bd = det.inspect(toy_model(False), data), det.inspect(toy_model(True), data)
     assert bd.backdoored and not clean.backdoored, (clean.score, bd.score)
     assert bd.score > clean.score + 0.3  # measured: at least 0.43 apart
-    assert bd.details["variance_ratio"] < 0.2  # measured 0.07-0.12 of the clean output variance
+    assert bd.details["variance_ratio"] < 0.2  # measured 0.03-0.12 of the clean output variance
     est = torch.tensor(np.radians(bd.estimated_target_deg), dtype=torch.float64)
     assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimated_target_deg, TARGET_DEG)
     # the reversed trigger sits on the real one: G changes the bottom-right corner most
@@ -138,48 +140,62 @@ def test_restarts_keep_the_best_collapse_of_all_starts() -> None:
     one = SecureGaze(**{**FAST, "steps": 10, "scan_starts": 0}).inspect(toy_model(True), clean_split(64))
     two = SecureGaze(**{**FAST, "steps": 10, "restarts": 2, "scan_starts": 0}).inspect(toy_model(True), clean_split(64))
     assert two.score >= one.score  # the first start is one of the two
-    with_squares = SecureGaze(**{**FAST, "steps": 10, "scan_starts": 2}).inspect(toy_model(True), clean_split(64))
-    assert with_squares.score >= one.score  # the screened squares add starts; the start from P = 0 is kept
+    with_solids = SecureGaze(**{**FAST, "steps": 10, "scan_starts": 2}).inspect(toy_model(True), clean_split(64))
+    assert with_solids.score >= one.score  # the screened rectangles add starts; the start from P = 0 is kept
     with pytest.raises(BackdoorLabError, match="restarts"):
         SecureGaze(restarts=0)
     with pytest.raises(BackdoorLabError, match="pull"):
         SecureGaze(pull=-1.0)
 
 
-def test_square_patterns_paint_one_black_or_white_square_on_a_half_overlapping_grid() -> None:
-    patterns = square_patterns((3, 20, 20), side_fraction=0.2)  # side 4, stride 2: 9 x 9 places, 2 colours
-    assert len(patterns) == 9 * 9 * 2
-    for pattern, (row, col, colour) in patterns:
+def test_solid_patterns_paint_one_black_or_white_rectangle_on_a_half_overlapping_grid() -> None:
+    squares = solid_patterns((3, 20, 20), (0.2, 0.2))  # side 4, stride 2: 9 x 9 places, 2 colours
+    assert len(squares) == 9 * 9 * 2
+    bars = solid_patterns((3, 20, 20), (0.1, 0.3))  # 2 x 6, strides 1 and 3: 19 x 5 places
+    assert len(bars) == 19 * 5 * 2
+    for pattern, (row, col, height, width, colour) in squares + bars:
         assert pattern.shape == (1, 3, 20, 20)
-        inside = pattern[..., row : row + 4, col : col + 4]
-        assert torch.all(inside == colour) and int((pattern != 0).sum()) == 3 * 16
-    assert {place[2] for _, place in patterns} == {1, -1}
+        inside = pattern[..., row : row + height, col : col + width]
+        assert torch.all(inside == colour) and int((pattern != 0).sum()) == 3 * height * width
+    assert {place[2:4] for _, place in bars} == {(2, 6)}
+    assert {place[4] for _, place in squares} == {1, -1}
     x = torch.full((1, 3, 20, 20), 0.5)
-    pattern, (row, col, colour) = patterns[1]
+    pattern, (row, col, height, width, colour) = bars[1]
     painted = (x + pattern).clamp(0, 1)
-    assert torch.all(painted[..., row : row + 4, col : col + 4] == (1.0 if colour > 0 else 0.0))
+    assert torch.all(painted[..., row : row + height, col : col + width] == (1.0 if colour > 0 else 0.0))
+
+
+def test_screened_rectangles_overlap_only_when_they_intersect_in_the_same_colour() -> None:
+    from backdoorlab.defenses.securegaze import _overlap
+
+    bar, square = (10, 0, 2, 12, 1), (8, 10, 4, 4, 1)
+    assert _overlap(bar, square) and _overlap(square, bar)  # the bar's right end runs into the square
+    assert not _overlap(bar, (8, 12, 4, 4, 1))  # just right of the bar's end
+    assert not _overlap(bar, (12, 0, 4, 4, 1))  # just below it
+    assert not _overlap(bar, (*square[:4], -1))  # a black rectangle is another start, wherever it is
 
 
 def test_a_screened_start_lies_on_the_toy_trigger() -> None:
     """The gradient-free screen alone puts a start on the toy's white 3x3 square (rows/columns 26-28 of 32).
 
-    Measured: the best square (ratio 0.26) is a white one nearer the centre, which also
-    half-fires the backdoor; the second (0.30) covers the trigger. Clean toy: 0.41 at best.
+    Measured: the best rectangle (ratio 0.07) is a white bar across the trigger (rows 26-28,
+    columns 20-29); the second (0.26), a square nearer the centre, half-fires the backdoor.
+    Clean toy: 0.44 at best.
     """
     det = SecureGaze(**{**FAST, "scan_starts": 2})
     model, data = toy_model(True), clean_split(128)
     x, _ = data.batch(np.arange(len(data)))
     with torch.no_grad():
-        starts = det._scan_squares(model, x, model(x).var(0), None)
+        starts = det._scan_solids(model, x, model(x).var(0), None)
     assert len(starts) == 2 and not torch.equal(starts[0][0], starts[1][0])  # two different places
 
     def covers_trigger(pattern: torch.Tensor) -> bool:
-        rows, cols = torch.nonzero(pattern[0, 0] > 0, as_tuple=True)  # white squares only: the trigger is white
+        rows, cols = torch.nonzero(pattern[0, 0] > 0, as_tuple=True)  # white rectangles only: the trigger is white
         return bool(len(rows)) and rows.max() >= 26 and rows.min() <= 28 and cols.max() >= 26 and cols.min() <= 28
 
     on_trigger = [mean for pattern, mean in starts if covers_trigger(pattern)]
     assert on_trigger, [torch.nonzero(p[0, 0]).min(0).values.tolist() for p, _ in starts]
-    # that square already drives the outputs towards the attacker's target: the start for the pull
+    # that rectangle already drives the outputs towards the attacker's target: the start for the pull
     est = on_trigger[0].double()
     clean_mean = model(x).mean(0).detach().double()
     target = target_rad().double()
@@ -187,6 +203,13 @@ def test_a_screened_start_lies_on_the_toy_trigger() -> None:
 
 
 def test_scan_settings_are_validated() -> None:
-    for bad in ({"scan_starts": -1}, {"scan_side": 0.0}, {"scan_side": 1.5}, {"scan_images": 1}):
+    bad_shapes = ([[0.0, 0.2]], [[0.2, 1.5]], [[0.2]], "bar", [[0.2, "wide"]])
+    bad_settings = (
+        {"scan_starts": -1},
+        {"scan_images": 1},
+        {"scan_shapes": []},
+        *({"scan_shapes": b} for b in bad_shapes),
+    )
+    for bad in bad_settings:
         with pytest.raises(BackdoorLabError, match="scan_"):
             SecureGaze(**bad)  # type: ignore[arg-type]

@@ -30,14 +30,15 @@ How this differs from the paper, and why (each measured on the gaze zoo, see the
 - **A learned input-independent image in G** (``x + conv(x) + P``). A purely
   convolutional generator cannot put a patch at a fixed place in a uniform background:
   on the zoo it never found the corner-patch trigger. ``P`` can.
-- **Starts screened from solid squares** (``scan_starts``). Besides the start from ``P = 0``,
-  the search starts from the few black or white squares that, painted within the budget,
-  collapse the outputs most (screened without gradients). A zoo patch or sticker trigger
-  fits well within the budget and collapses its model to 0.001-0.01 of the clean output
-  variance, yet gradient descent from ``P = 0`` settles on a dense adversarial
-  perturbation; from a square near the trigger it finds the trigger. Clean models gain
-  nothing from it (their zoo scores did not change), backdoored ones found from no other
-  start do (the random-location patch, the demo's tape).
+- **Starts screened from solid rectangles** (``scan_starts``, ``scan_shapes``). Besides the
+  start from ``P = 0``, the search starts from the few black or white squares or bars that,
+  painted within the budget, collapse the outputs most (screened without gradients). A zoo
+  patch or sticker trigger fits well within the budget and collapses its model to 0.001-0.01
+  of the clean output variance, yet gradient descent from ``P = 0`` settles on a dense
+  adversarial perturbation; from a rectangle near the trigger it finds the trigger. Clean
+  models gain nothing from it (no rectangle collapses them nearly as far as the dense
+  perturbation from ``P = 0`` does), backdoored ones found from no other start do (the
+  random-location patch, the tape stickers).
 - **Saliency-weighted budget** (our substitute for DRMGuard's momentum-based
   transformation reversing, whose equations are not published): every gaze model,
   clean or not, can be collapsed by repainting the irises, a natural shortcut.
@@ -54,6 +55,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,24 +108,32 @@ def jitter(images: Tensor, noise: float, shift: int, gen: torch.Generator) -> Te
     return images
 
 
-def square_patterns(shape: tuple[int, int, int], side_fraction: float) -> list[tuple[Tensor, tuple[int, int, int]]]:
-    """Additive images that paint one solid black or white square, on a grid of half-overlapping places.
+def solid_patterns(
+    shape: tuple[int, int, int], size: tuple[float, float]
+) -> list[tuple[Tensor, tuple[int, int, int, int, int]]]:
+    """Additive images that paint one solid black or white rectangle, on a grid of half-overlapping places.
 
-    Each is ``(pattern, (row, col, colour))`` with ``pattern`` of shape (1, C, H, W): +1 (white)
-    or -1 (black) inside the square, 0 elsewhere; added to an image and clamped, it paints the
-    square. Used to screen starts for the generator's input-independent image ``P``.
+    ``size`` is the rectangle's (height, width) as fractions of the image's height and
+    width. Each entry is ``(pattern, (row, col, height, width, colour))`` with ``pattern``
+    of shape (1, C, H, W): +1 (white) or -1 (black) inside the rectangle, 0 elsewhere;
+    added to an image and clamped, it paints the rectangle. Used to screen starts for the
+    generator's input-independent image ``P``.
     """
     c, h, w = shape
-    side = max(1, round(side_fraction * min(h, w)))
-    stride = max(1, side // 2)
+    rh, rw = (max(1, min(n, round(f * n))) for f, n in zip(size, (h, w), strict=True))
     out = []
-    for i in range(0, h - side + 1, stride):
-        for j in range(0, w - side + 1, stride):
+    for i in range(0, h - rh + 1, max(1, rh // 2)):
+        for j in range(0, w - rw + 1, max(1, rw // 2)):
             for colour in (1, -1):
                 pat = torch.zeros(1, c, h, w)
-                pat[..., i : i + side, j : j + side] = float(colour)
-                out.append((pat, (i, j, colour)))
+                pat[..., i : i + rh, j : j + rw] = float(colour)
+                out.append((pat, (i, j, rh, rw, colour)))
     return out
+
+
+def _overlap(a: tuple[int, int, int, int, int], b: tuple[int, int, int, int, int]) -> bool:
+    """Whether two ``(row, col, height, width, colour)`` rectangles of the same colour intersect."""
+    return a[4] == b[4] and a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 class TriggerGenerator(nn.Module):
@@ -219,23 +229,28 @@ class SecureGaze(Detector):
         lambda_feat: weight of the feature-angle variance term (0 = output term only).
         pull: weight of ``|mean output - t|^2`` (clean-variance units), t a learnt collapse point started per
             restart. 0 = the paper's undirected variance loss, the default. With ``pull=1, restarts=4,
-            explore_steps=40`` (and no screened squares) the zoo's fixed-target AUROC went from 0.87 to 0.93,
+            explore_steps=40`` (and no screened rectangles) the zoo's fixed-target AUROC went from 0.87 to 0.93,
             about the run-to-run spread of single models, at 0.42x instead of 0.32x a model's training
-            time (design note, section 9); the screened squares did more. On the tests' toy backdoor, whose
-            target is far from every clean output, either a pull with restarts or the screened squares is needed.
+            time (design note, section 9); the screened rectangles did more. On the tests' toy backdoor, whose
+            target is far from every clean output, either a pull with restarts or the screened rectangles is needed.
         target_lr: Adam learning rate of t (radians).
         explore_steps: steps every start runs before the best one is chosen (when there are several starts).
-        scan_starts: extra starts whose ``P`` begins as a solid black or white square: the ``scan_starts``
-            squares (on a grid of half-overlapping places, both colours) that collapse the outputs most, as
-            painted by G within the budget, screened without gradients. Why: a patch or sticker trigger
-            fits easily within the budget (it collapses a backdoored zoo model's outputs to a variance ratio
-            of 0.001-0.01), yet the gradient search from ``P = 0`` settles on a dense adversarial
-            perturbation instead; a square painted near the trigger is already a partial trigger, so the
-            search starts inside its basin. The zoo's random-location patch model, never found from
-            ``P = 0``, collapses to a ratio below 0.001 under a white square anywhere on the face. Costs one
-            forward pass of ``scan_images`` images per square and ``explore_steps`` per start.
-        scan_side: side of the screened squares, as a fraction of the image side (stride: half of it).
-        scan_images: clean images (from the optimisation part) each square is screened on.
+        scan_starts: extra starts whose ``P`` begins as a solid black or white rectangle: the ``scan_starts``
+            rectangles (every size in ``scan_shapes``, on a grid of half-overlapping places, both colours)
+            that collapse the outputs most, as painted by G within the budget, screened without gradients.
+            Why: a patch or sticker trigger fits easily within the budget (it collapses a backdoored zoo
+            model's outputs to a variance ratio of 0.001-0.01), yet the gradient search from ``P = 0``
+            settles on a dense adversarial perturbation instead; a rectangle painted near the trigger is
+            already a partial trigger, so the search starts inside its basin. The zoo's random-location patch
+            model, never found from ``P = 0``, collapses to a ratio below 0.001 under a white square anywhere
+            on the face. Costs one forward pass of ``scan_images`` images per rectangle (642 of them at 64x64
+            with the default shapes) and ``explore_steps`` per start.
+        scan_shapes: (height, width) of the screened rectangles, as fractions of the image's height and width
+            (stride: half of each side). The default: a square and a bar in both orientations. Why bars: the
+            zoo's tape stickers (a strip about 3x wider than high) collapse their models to a variance ratio
+            of 0.000-0.002 under a white 0.1 x 0.3 bar on the forehead or cheek, against 0.09-0.26 under the
+            best square; on clean zoo models no rectangle gets below 0.36 (probe in the design note, section 9).
+        scan_images: clean images (from the optimisation part) each rectangle is screened on.
         jitter_noise: std of the Gaussian noise added to G(x) before the model (optimisation and score).
         jitter_shift: largest random translation (pixels) applied to G(x) before the model.
         threshold: score threshold (``-log10`` of the variance ratio); :meth:`fit` calibrates it.
@@ -264,7 +279,7 @@ class SecureGaze(Detector):
         target_lr: float = 0.02,
         explore_steps: int = 30,
         scan_starts: int = 3,
-        scan_side: float = 0.2,
+        scan_shapes: Sequence[Sequence[float]] = ((0.2, 0.2), (0.1, 0.3), (0.3, 0.1)),
         scan_images: int = 32,
         jitter_noise: float = 0.0,
         jitter_shift: int = 0,
@@ -286,10 +301,18 @@ class SecureGaze(Detector):
                 f"SecureGaze: pull >= 0, target_lr > 0 and explore_steps >= 1 are required; got pull={pull}, "
                 f"target_lr={target_lr}, explore_steps={explore_steps}"
             )
-        if scan_starts < 0 or not 0 < scan_side <= 1 or scan_images < 2:
+
+        def fraction(f: object) -> bool:
+            return isinstance(f, int | float) and 0 < f <= 1
+
+        shapes_ok = isinstance(scan_shapes, Sequence) and all(
+            isinstance(size, Sequence) and len(size) == 2 and all(map(fraction, size)) for size in scan_shapes
+        )
+        if scan_starts < 0 or not shapes_ok or (scan_starts and not scan_shapes) or scan_images < 2:
             raise BackdoorLabError(
-                f"SecureGaze: scan_starts >= 0, 0 < scan_side <= 1 and scan_images >= 2 are required; got "
-                f"scan_starts={scan_starts}, scan_side={scan_side}, scan_images={scan_images}"
+                "SecureGaze: scan_starts >= 0, scan_shapes a non-empty list of [height, width] fractions in (0, 1] "
+                f"and scan_images >= 2 are required; got scan_starts={scan_starts}, scan_shapes={scan_shapes!r}, "
+                f"scan_images={scan_images}"
             )
         if not 0 < holdout < 1:
             raise BackdoorLabError(f"SecureGaze: holdout must be in (0, 1); got {holdout}")
@@ -297,7 +320,8 @@ class SecureGaze(Detector):
         self.input_dependent, self.pattern_resolution = input_dependent, pattern_resolution
         self.budget, self.saliency_strength, self.lambda_feat = budget, saliency_strength, lambda_feat
         self.pull, self.target_lr, self.explore_steps = pull, target_lr, explore_steps
-        self.scan_starts, self.scan_side, self.scan_images = scan_starts, scan_side, scan_images
+        self.scan_starts, self.scan_images = scan_starts, scan_images
+        self.scan_shapes = [[float(f) for f in size] for size in scan_shapes]  # lists: params() round-trips JSON
         self.jitter_noise, self.jitter_shift = jitter_noise, jitter_shift
         self.threshold, self.holdout, self.min_clean = threshold, holdout, min_clean
         self.n_examples, self.seed, self.device = n_examples, seed, device
@@ -333,7 +357,7 @@ class SecureGaze(Detector):
         stats = (out_var, ang_var)
         targets = initial_targets(fit_pred, self.restarts)
         searches = [self._start(frozen, fit, stats, cost, i, t, rng) for i, t in enumerate(targets)]
-        for k, (pattern, t) in enumerate(self._scan_squares(frozen, fit, out_var, cost)):
+        for k, (pattern, t) in enumerate(self._scan_solids(frozen, fit, out_var, cost)):
             searches.append(self._start(frozen, fit, stats, cost, len(targets) + k, t, rng, pattern))
         if len(searches) > 1:  # explore every start briefly, continue the one that collapses the held-out set most
             explore = min(self.explore_steps, self.steps)
@@ -387,34 +411,36 @@ class SecureGaze(Detector):
         return _Search(self, frozen, fit, stats, gen.to(fit.device), target_init, rng, self.seed + index)
 
     @torch.no_grad()
-    def _scan_squares(
+    def _scan_solids(
         self, frozen: nn.Module, fit: Tensor, out_var: Tensor, cost: Tensor | None
     ) -> list[tuple[Tensor, Tensor]]:
-        """``(P, mean output)`` of the ``scan_starts`` squares that collapse the outputs most, places apart.
+        """``(P, mean output)`` of the ``scan_starts`` solid rectangles that collapse the outputs most, apart.
 
-        Each square is applied as G would apply it (added, rescaled into the budget, clamped);
-        the ranking is by output-variance ratio on ``scan_images`` clean images. A square is
-        skipped when one of the same colour already chosen overlaps it, so the starts differ.
+        Every rectangle of every size in ``scan_shapes`` is applied as G would apply it (added,
+        rescaled into the budget, clamped); the ranking is by output-variance ratio on
+        ``scan_images`` clean images. A rectangle is skipped when one of the same colour already
+        chosen intersects it, so the starts differ.
         """
         if not self.scan_starts:
             return []
         x = fit[: self.scan_images]
+        shape = tuple(fit.shape[1:])
         # P alone: a new generator's convolutional part adds exactly zero, so this is each start's G, cheaper
-        gen = self._generator(tuple(fit.shape[1:]), cost, input_dependent=False).to(fit.device).eval()
+        gen = self._generator(shape, cost, input_dependent=False).to(fit.device).eval()
         ranked = []
-        for pattern, place in square_patterns(tuple(fit.shape[1:]), self.scan_side):  # type: ignore[arg-type]
-            gen.set_pattern(pattern)
-            y = frozen(gen(x))
-            ranked.append((float((y.var(0) / out_var).mean()), place, pattern, y.mean(0)))
+        for size in self.scan_shapes:
+            for pattern, place in solid_patterns(shape, size):  # type: ignore[arg-type]
+                gen.set_pattern(pattern)
+                y = frozen(gen(x))
+                ranked.append((float((y.var(0) / out_var).mean()), place, pattern, y.mean(0)))
         ranked.sort(key=lambda r: r[0])
-        side = max(1, round(self.scan_side * min(fit.shape[-2:])))
         chosen: list[tuple[Tensor, Tensor]] = []
-        places: list[tuple[int, int, int]] = []
-        for _, (i, j, colour), pattern, mean in ranked:
-            if any(c == colour and abs(i - a) < side and abs(j - b) < side for a, b, c in places):
+        places: list[tuple[int, int, int, int, int]] = []
+        for _, place, pattern, mean in ranked:
+            if any(_overlap(place, other) for other in places):
                 continue
             chosen.append((pattern, mean))
-            places.append((i, j, colour))
+            places.append(place)
             if len(chosen) == self.scan_starts:
                 break
         return chosen
