@@ -63,6 +63,8 @@ BEFORE_IT_EXISTED: dict[str, Any] = {
     "scan_starts": 0,
     "scan_shapes": [[0.2, 0.2]],  # squares only, before the bars
     "freeze_batchnorm": False,
+    "paired": False,  # SecureGaze unlearning before the paired, self-distilled batches
+    "clean_targets": "label",
 }
 
 
@@ -89,6 +91,16 @@ def zoo_runs(store: Path) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def reference_runs(store: Path, reference_seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The reference clean models of another zoo, to calibrate on (a held-out zoo has no references of its own)."""
+    if not store.is_file():
+        sys.exit(f"{store} not found: build that zoo first")
+    refs = [r for r in zoo_runs(store) if is_reference(r, reference_seeds)]
+    if not refs:
+        sys.exit(f"{store} has no complete clean model with a reference seed ({', '.join(map(str, reference_seeds))})")
+    return refs
 
 
 def inspect_one(name: str, run_dir: str, n_clean: int) -> dict[str, Any]:
@@ -253,6 +265,11 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="skip detection: rewrite the HTML from the JSON")
     ap.add_argument("--tag", default="", help="another zoo: results go to detect_zoo_TAG.json/.html")
     ap.add_argument("--reference-seeds", default=",".join(map(str, REFERENCE_SEEDS)), help="clean seeds that calibrate")
+    ap.add_argument(
+        "--reference-store",
+        type=Path,
+        help="calibrate on the reference clean models of another zoo (every model of --store is then evaluated)",
+    )
     args = ap.parse_args()
     name = f"detect_zoo_{args.tag}" if args.tag else "detect_zoo"
     refs = tuple(int(v) for v in args.reference_seeds.split(","))
@@ -262,6 +279,10 @@ def main() -> None:
     if not args.store.is_file():
         sys.exit(f"{args.store} not found: build the zoo first (see this script's docstring)")
     runs = zoo_runs(args.store)
+    if args.reference_store:
+        if clash := sorted(r["seed"] for r in runs if is_reference(r, refs)):
+            sys.exit(f"clean models of {args.store} have reference seeds {clash}: they would calibrate, not be scored")
+        runs = reference_runs(args.reference_store, refs) + runs
     results: dict[str, Any] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         for method in args.methods.split(","):
@@ -271,7 +292,10 @@ def main() -> None:
             summary = summarise(method, runs, verdicts, refs)
             results[method] = {"detector": detector, "params": params, **summary}
             print(f"{method}: done", flush=True)
-    out = write_result(name, {"n_clean": args.n_clean, "reference_seeds": list(refs), "methods": results})
+    record = {"n_clean": args.n_clean, "reference_seeds": list(refs), "methods": results}
+    if args.reference_store:
+        record["reference_store"] = str(args.reference_store)
+    out = write_result(name, record)
     write_zoo_report(out, RESULTS / f"{name}.html")
     print(table(results))
 

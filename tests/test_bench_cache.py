@@ -65,6 +65,10 @@ def test_nested_mitigation_settings_are_compared_leaf_by_leaf(bench: ModuleType)
     assert not bench.cache_matches(old, current, current)
     no_scan = {**current, "detector": {**current["detector"], "scan_starts": 0}}
     assert bench.cache_matches(old, no_scan, no_scan)
+    # a record from before the paired, self-distilled unlearning batches is stale under the current defaults
+    unpaired = {k: v for k, v in current.items() if k not in ("paired", "clean_targets")}
+    assert not bench.cache_matches(unpaired, current, current)
+    assert bench.cache_matches(unpaired, {**current, "paired": False, "clean_targets": "label"}, current)
 
 
 def test_a_verdict_from_before_the_bars_is_stale_unless_the_row_screens_squares_only(bench: ModuleType) -> None:

@@ -46,7 +46,9 @@ def test_mitigate_saves_a_model_and_before_after_metrics(
     runner: CliRunner, attacked_run: Path, method: str, tmp_path: Path
 ) -> None:
     params = (
-        ("--param", "steps=3", "--param", "min_clean=16") if method == "securegaze" else ("--param", "min_clean=16")
+        ("--param", "steps=3", "--param", "min_clean=16", "--param", "paired=false", "--param", "clean_targets=label")
+        if method == "securegaze"
+        else ("--param", "min_clean=16")
     ) + ("--param", "tune.epochs=2", "--param", "tune.lr=1e-3", "--param", "tune.freeze_batchnorm=true")
     result = invoke(
         runner, "mitigate", attacked_run, "--method", method, "--n-clean", "24", "--device", "cpu",
@@ -59,6 +61,9 @@ def test_mitigate_saves_a_model_and_before_after_metrics(
     assert record["n_clean"] == 24 and record["n_scored"] > 0
     tune = record["params"]["fine_tune"]  # the tune.* params set the schedule, not the method
     assert (tune["epochs"], tune["lr"], tune["freeze_batchnorm"]) == (2, 1e-3, True)
+    if method == "securegaze":  # the unlearning's own settings are not the detector's
+        assert (record["params"]["paired"], record["params"]["clean_targets"]) == (False, "label")
+        assert "paired" not in record["params"]["detector"]
     assert (tmp_path / "fixed" / "model.safetensors").is_file()
     again = invoke(runner, "eval", tmp_path / "fixed")  # the repaired model is a loadable checkpoint
     assert again.exit_code == 0, again.output
@@ -69,6 +74,8 @@ def test_bad_inputs_give_one_clear_error(runner: CliRunner, attacked_run: Path, 
     assert r.exit_code != 0 and "unknown detection method 'strip'" in flat(r.output)
     r = invoke(runner, "mitigate", attacked_run, "--method", "securegaze", "--param", "bogus=1", "--n-clean", "24")
     assert r.exit_code != 0 and "bogus" in flat(r.output)
+    r = invoke(runner, "mitigate", attacked_run, "--param", "clean_targets=teacher", "--n-clean", "24")
+    assert r.exit_code != 0 and "clean_targets 'model' or 'label'" in flat(r.output)
     r = invoke(runner, "mitigate", attacked_run, "--method", "fine_tuning", "--param", "tune.epochs=0")
     assert r.exit_code != 0 and "fine-tuning settings" in flat(r.output) and "'epochs': 0" in flat(r.output)
     r = invoke(runner, "mitigate", attacked_run, "--method", "fine_tuning", "--param", "tune.momentum=0.9")

@@ -120,6 +120,62 @@ def test_unlearning_returns_a_tuned_copy() -> None:
     assert json.dumps(fixer.params()) and fixer.last_report["n_clean"] == 64
 
 
+def _unlearning_batch(fixer: SecureGazeUnlearning, monkeypatch: pytest.MonkeyPatch, model: nn.Module, data):  # type: ignore[no-untyped-def]
+    """The batch transform ``repair`` hands to the fine-tuning, and the generator it uses (no training run)."""
+    import backdoorlab.defenses.securegaze as sg
+
+    seen = {}
+
+    def capture(model, data, settings, device, batch_transform):  # type: ignore[no-untyped-def]
+        seen["transform"] = batch_transform
+        return model
+
+    monkeypatch.setattr(sg, "fine_tune", capture)
+    gen = TriggerGenerator((3, 32, 32), budget=0.5, input_dependent=False)
+    pattern = torch.zeros(1, 3, 32, 32)
+    pattern[..., :4, :4] = 1.0  # a white corner: G(x) != x
+    gen.set_pattern(pattern)
+    rev = sg.ReversedTrigger(gen, 0.1, 0.1, 0.01, 1.0, 5.0, (0.0, 0.0), np.zeros((0, 32, 32, 3), np.uint8))
+    fixer.repair(model, data, reversed_trigger=rev)
+    return seen["transform"], gen
+
+
+def test_paired_unlearning_shows_each_image_clean_with_the_models_own_gaze_and_reversed_with_the_true_gaze(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, data = toy_model(True), clean_split(64)
+    fixer = SecureGazeUnlearning(SecureGaze(**FAST))  # the defaults: paired, clean targets from the model
+    transform, gen = _unlearning_batch(fixer, monkeypatch, model, data)
+    idx = np.arange(8)
+    x, ann = data.batch(idx)
+    images, out = transform(x, ann, idx)
+    assert images.shape[0] == 16 and out["gaze"].shape == (16, 2)
+    with torch.no_grad():
+        assert torch.equal(images[:8], x) and torch.allclose(images[8:], gen(x))
+        assert torch.allclose(out["gaze"][:8], model.eval()(x))  # the clean rows keep the original's outputs
+    assert torch.equal(out["gaze"][8:], ann["gaze"].float())  # G(x) rows: the true gaze of x
+
+
+def test_unpaired_unlearning_replaces_a_seeded_fraction_of_the_rows_and_keeps_the_true_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, data = toy_model(True), clean_split(64)
+    fixer = SecureGazeUnlearning(SecureGaze(**FAST), paired=False, mix=0.5, clean_targets="label")
+    transform, gen = _unlearning_batch(fixer, monkeypatch, model, data)
+    idx = np.arange(64)
+    x, ann = data.batch(idx)
+    images, out = transform(x, ann, idx)
+    assert images.shape == x.shape and torch.equal(out["gaze"], ann["gaze"].float())
+    changed = (images != x).flatten(1).any(1)
+    assert 16 < int(changed.sum()) < 48  # about half of the rows
+    with torch.no_grad():
+        assert torch.allclose(images[changed], gen(x[changed])) and torch.equal(images[~changed], x[~changed])
+    again, _ = transform(x.flip(0), {k: v.flip(0) for k, v in ann.items()}, idx[::-1].copy())
+    assert torch.equal((again != x.flip(0)).flatten(1).any(1), changed.flip(0))  # which rows: a function of the index
+    with pytest.raises(BackdoorLabError, match="clean_targets"):
+        SecureGazeUnlearning(clean_targets="teacher")
+
+
 def test_bad_inputs_fail_before_work() -> None:
     with pytest.raises(BackdoorLabError, match="SecureGaze needs at least 128 clean samples; got 64"):
         SecureGaze(device="cpu").inspect(toy_model(False), clean_split(64))

@@ -87,9 +87,11 @@ def build_mitigator(method: str, params: dict[str, Any] | None = None, device: s
     if method == "securegaze":
         from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
 
-        mix = params.pop("mix", 0.5)
+        own = {k: params.pop(k) for k in ("paired", "mix", "clean_targets") if k in params}  # the rest: the detector's
         detector = _construct(SecureGaze, {"device": device, **params}, "securegaze")
-        return SecureGazeUnlearning(detector, settings, mix=mix, device=device)
+        return _construct(
+            SecureGazeUnlearning, {"device": device, **own, "detector": detector, "settings": settings}, "securegaze"
+        )
     if method == "fine_tuning":
         from backdoorlab.defenses.fine_tuning import FineTuning
 
