@@ -180,11 +180,15 @@ def detection_table(name: str = "detect_zoo") -> str:
     r = _load(name)
     if r is None:
         return ""
-    refs = r.get("reference_seeds", list(range(5)))
+    refs = ", ".join(map(str, r.get("reference_seeds", range(5))))
+    calibration = (
+        f"calibrated on clean seeds {refs} of `{r['reference_store']}`, evaluated on every model of this zoo"
+        if r.get("reference_store")
+        else f"calibrated on clean seeds {refs}, evaluated on the other clean seeds and every backdoored model"
+    )
     lines = [
         f"`{r['provenance']['command']}` (defender's clean set: {r['n_clean']} test-split images; thresholds "
-        f"calibrated on clean seeds {', '.join(map(str, refs))}, evaluated on the other clean seeds and every "
-        "backdoored model)",
+        f"{calibration})",
         "",
     ]
     return "\n".join(lines) + "\n" + importlib.import_module("detect_zoo").table(r["methods"])
@@ -209,6 +213,7 @@ def markdown() -> str:
         (attack_table(), "Backdoor attacks on gaze"),
         (throughput_table(), "Trigger throughput"),
         (detection_table(), "Backdoor detection on the gaze zoo"),
+        (detection_table("detect_zoo_holdout"), "Backdoor detection on held-out backdoors (no setting tuned on them)"),
         (detection_table("detect_zoo_resnet18"), "Backdoor detection on the ResNet-18 slice of the zoo"),
         (mitigation_table(), "Backdoor removal on zoo models"),
     ):
