@@ -159,12 +159,20 @@ def is_reference(run: dict[str, Any], reference_seeds: tuple[int, ...] = REFEREN
     return run["attack"] == "clean" and run["seed"] in reference_seeds
 
 
+# A backdoored model whose attack success rate (with its real trigger, on its own test split)
+# is below this did not learn its backdoor: it is reported in a group of its own, since no
+# detector of backdoors can be faulted for not finding one that is not there.
+LEARNED_ASR = 0.5
+
+
 def kind(run: dict[str, Any]) -> str:
-    """The attack group of a backdoored run: trigger name, or the adaptive / shift variants apart."""
+    """The attack group of a backdoored run: trigger name; adaptive, shift and unlearned variants apart."""
     if run["adaptive"]:
         return f"{run['attack']} (adaptive)"
     if run["relabel"] != "target":
         return f"{run['attack']} ({run['relabel']} relabel)"
+    if (run["attack_success_rate"] or 0.0) < LEARNED_ASR:
+        return f"{run['attack']} (not learned, ASR < {LEARNED_ASR})"
     return str(run["attack"])
 
 
@@ -185,7 +193,7 @@ def summarise(
     backdoored = [(r, v) for r, v in ev if r["attack"] != "clean"]
     groups = {
         "overall": backdoored,
-        "overall, fixed target, not adaptive": [(r, v) for r, v in backdoored if kind(r) == r["attack"]],
+        "overall, fixed target, learned, not adaptive": [(r, v) for r, v in backdoored if kind(r) == r["attack"]],
     }
     for r, v in backdoored:
         groups.setdefault(kind(r), []).append((r, v))
@@ -221,6 +229,7 @@ def summarise(
                 **{k: r[k] for k in ("run_dir", "seed", "attack", "target_deg", "attack_success_rate", "adaptive")},
                 **{k: v.get(k) for k in ("score", "estimated_target_deg", "seconds")},
                 "reference": is_reference(r, reference_seeds),
+                "group": "clean" if r["attack"] == "clean" else kind(r),
             }
             for r, v in pairs
         ],

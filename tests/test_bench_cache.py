@@ -1,4 +1,5 @@
-"""The detection bench's verdict cache: a cached verdict is reused only when the settings would make it again."""
+"""The detection bench's bookkeeping: a cached verdict is reused only when the settings would make it again;
+every backdoored model lands in the right group."""
 
 from __future__ import annotations
 
@@ -77,3 +78,30 @@ def test_a_verdict_from_before_the_bars_is_stale_unless_the_row_screens_squares_
     assert not bench.cache_matches(cached, defaults, defaults)
     squares = SecureGaze(scan_shapes=[[0.2, 0.2]]).params()
     assert bench.cache_matches(cached, squares, defaults)
+
+
+def test_a_backdoor_the_model_did_not_learn_is_grouped_apart(bench: ModuleType) -> None:
+    run = {"attack": "blend", "relabel": "target", "adaptive": False, "attack_success_rate": 0.98}
+    assert bench.kind(run) == "blend"
+    assert bench.kind({**run, "attack_success_rate": 0.14}) == "blend (not learned, ASR < 0.5)"
+    assert bench.kind({**run, "attack_success_rate": 0.14, "adaptive": True}) == "blend (adaptive)"
+    assert bench.kind({**run, "relabel": "shift"}) == "blend (shift relabel)"
+
+
+def test_the_summary_records_each_models_group_and_keeps_unlearned_ones_out_of_the_headline(
+    bench: ModuleType,
+) -> None:
+    def run(seed: int, attack: str, asr: float | None) -> dict:  # type: ignore[type-arg]
+        return {
+            "run_dir": f"r{seed}", "seed": seed, "attack": attack, "relabel": "target" if asr else None,
+            "target_deg": [0.0, 0.0] if asr else None, "train_seconds": 100.0, "attack_success_rate": asr,
+            "adaptive": False,
+        }  # fmt: skip
+
+    runs = [run(0, "clean", None), run(5, "clean", None), run(10, "patch", 0.99), run(13, "blend", 0.14)]
+    verdicts = [{"score": s, "estimated_target_deg": [0.0, 0.0], "seconds": 10.0} for s in (1.0, 1.1, 3.0, 0.9)]
+    summary = bench.summarise("m", runs, verdicts, reference_seeds=(0,))
+    assert [m["group"] for m in summary["models"]] == ["clean", "clean", "patch", "blend (not learned, ASR < 0.5)"]
+    headline = summary["groups"]["overall, fixed target, learned, not adaptive"]
+    assert headline["n_backdoored"] == 1 and headline["auroc"] == 1.0
+    assert summary["groups"]["overall"]["n_backdoored"] == 2 and summary["groups"]["overall"]["auroc"] == 0.5

@@ -253,6 +253,12 @@ def test_example_configs_validate(path: Path) -> None:
             assert {r.config.model.name for r in planned} == {"resnet18"}
             triggers = {r.config.attack.trigger["name"] for r in planned if r.config.attack}
             assert triggers >= {"patch", "blend", "wanet", "sticker"}
+        if path.name == "gaze_holdout.yaml":  # held out from the tuning zoo: no shared attack, no reference seed
+            tuning = expand(*load_sweep(path.parent / "gaze.yaml"))
+            seen = [r.config.attack for r in tuning if r.config.attack]
+            held = [r.config.attack for r in planned if r.config.attack]
+            assert held and all(a.trigger != b.trigger and a.relabel != b.relabel for a in held for b in seen)
+            assert not {r.config.seed for r in planned} & {r.config.seed for r in tuning}
         return
     cfg = load_config(path)
     if path.name.startswith("backdoor_"):

@@ -143,3 +143,13 @@ def test_malformed_results_give_a_clear_error(tmp_path: Path, content: str | Non
     with pytest.raises(BackdoorLabError, match=message):
         write_zoo_report(path, tmp_path / "out.html", root=tmp_path)
     assert not (tmp_path / "out.html").exists()
+
+
+def test_a_models_colour_key_is_the_benchs_group_when_recorded() -> None:
+    from backdoorlab.report.zoo_report import _attack_group
+
+    unlearned = {"attack": "blend", "adaptive": False, "target_deg": [0.0, 0.0], "group": "blend (not learned)"}
+    assert _attack_group(unlearned) == "blend (not learned)"
+    older = {k: v for k, v in unlearned.items() if k != "group"}  # a record from before the bench stored groups
+    assert _attack_group(older) == "blend"
+    assert _attack_group({**older, "target_deg": None}) == "blend (no fixed target)"

@@ -126,12 +126,15 @@ def _fmt_target(value: Any) -> str:
 
 
 def _attack_group(model: Mapping[str, Any]) -> str:
-    """Colour key of a backdoored model: its trigger, with adaptive and no-fixed-target variants apart.
+    """Colour key of a backdoored model: the bench's group when the record has it, else rebuilt.
 
-    Mirrors the bench's groups as far as the per-model record allows: it does not store
-    the relabel rule, but a backdoored model without a ``target_deg`` is one whose
-    target moves with the input (a shift relabel), which detectors see very differently.
+    Records from before the bench stored its ``group`` are grouped as far as the record
+    allows: it does not store the relabel rule, but a backdoored model without a
+    ``target_deg`` is one whose target moves with the input (a shift relabel), which
+    detectors see very differently.
     """
+    if model.get("group"):
+        return str(model["group"])
     if model.get("adaptive"):
         return f"{model['attack']} (adaptive)"
     if model["attack"] != "clean" and model.get("target_deg") is None:
