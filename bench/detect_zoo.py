@@ -43,11 +43,14 @@ REFERENCE_SEEDS = tuple(range(5))  # clean seeds that calibrate (--reference-see
 # name in the tables -> (detector, the settings this bench runs it with; CPU-sized)
 BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "securegaze": ("securegaze", {}),
-    # the default before the square-screened starts: one start from P = 0 (explore_steps has no effect
+    # the default before the screened starts: one start from P = 0, 300 steps (explore_steps has no effect
     # with one start; 50, its value then, keeps the verdicts cached before it was lowered valid)
-    "securegaze_no_scan": ("securegaze", {"scan_starts": 0, "explore_steps": 50}),
-    # the directed search: 4 starts pulled towards far-apart clean outputs, 40 steps each, the best continued
-    "securegaze_directed": ("securegaze", {"restarts": 4, "explore_steps": 40, "pull": 1.0, "scan_starts": 0}),
+    "securegaze_no_scan": ("securegaze", {"scan_starts": 0, "explore_steps": 50, "steps": 300}),
+    # the directed search: 4 starts pulled towards far-apart clean outputs, 40 steps each, the best continued to 300
+    "securegaze_directed": (
+        "securegaze",
+        {"restarts": 4, "explore_steps": 40, "pull": 1.0, "scan_starts": 0, "steps": 300},
+    ),
     "neural_cleanse": ("neural_cleanse", {"restarts": 2, "steps": 150}),
 }
 # Settings a method gained after verdicts were cached, each with the value it was introduced at

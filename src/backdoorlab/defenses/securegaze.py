@@ -210,7 +210,9 @@ class SecureGaze(Detector):
     """Flag gaze models whose outputs collapse under a small, learned input transformation.
 
     Args:
-        steps: optimisation steps of the generator.
+        steps: optimisation steps of the generator (of the start that is continued, exploration included).
+            200 with ``explore_steps=20``: on the zoo the same AUROC and targets as 300 and 30 (scores moved
+            by at most 0.28, clean ones by at most 0.06), in 0.40x instead of 0.59x a model's training time.
         restarts: starts of the optimisation, each with its own seed and initial collapse point (the mean
             clean output, then far-apart clean outputs, as Neural Cleanse's target restarts). Every start runs
             ``explore_steps``; the one that collapses the held-out images most continues to ``steps``, so the
@@ -265,7 +267,7 @@ class SecureGaze(Detector):
 
     def __init__(
         self,
-        steps: int = 300,
+        steps: int = 200,
         restarts: int = 1,
         batch_size: int = 32,
         lr: float = 5e-3,
@@ -277,7 +279,7 @@ class SecureGaze(Detector):
         lambda_feat: float = 1.0,
         pull: float = 0.0,
         target_lr: float = 0.02,
-        explore_steps: int = 30,
+        explore_steps: int = 20,
         scan_starts: int = 3,
         scan_shapes: Sequence[Sequence[float]] = ((0.2, 0.2), (0.1, 0.3), (0.3, 0.1)),
         scan_images: int = 32,
