@@ -16,7 +16,9 @@ on detected models, and detection seconds as a fraction of the model's training 
 
 Output: ``bench/results/detect_zoo.json`` and a table. Another zoo (``--store``, e.g. the
 ResNet-18 slice of ``configs/zoo/gaze_resnet18.yaml``) writes ``detect_zoo_TAG.json``
-with ``--tag TAG``, calibrated on its own ``--reference-seeds``.
+with ``--tag TAG``, calibrated on its own ``--reference-seeds``, or with ``--reference-store``
+on another zoo's reference clean models (the held-out slice of ``configs/zoo/gaze_holdout.yaml``,
+whose every model is then evaluated).
 """
 
 from __future__ import annotations
