@@ -83,6 +83,9 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names()) or 'none'})")
         return self._entries[name]
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
     def names(self) -> list[str]:
         self._load_builtin()
         return sorted(self._entries)
@@ -115,8 +118,8 @@ class Registry(Generic[T]):
 
 # The registries of the toolkit. Plugins register themselves in the modules listed here.
 TASKS: Registry[Any] = Registry("task", ("backdoorlab.tasks",))
-MODELS: Registry[Any] = Registry("model", ("backdoorlab.tasks",))
+MODELS: Registry[Any] = Registry("model", ("backdoorlab.models",))
 TRIGGERS: Registry[Any] = Registry("trigger", ("backdoorlab.triggers",))
-RELABELS: Registry[Any] = Registry("relabel", ("backdoorlab.tasks",))
+RELABELS: Registry[Any] = Registry("relabel", ("backdoorlab.relabel",))
 SELECTORS: Registry[Any] = Registry("selector", ("backdoorlab.attacks.selectors",))
 DEFENCES: Registry[Any] = Registry("defence", ("backdoorlab.defenses",))

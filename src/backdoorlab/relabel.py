@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from backdoorlab.errors import ConfigError
+from backdoorlab.registry import RELABELS
 
 Tensor = torch.Tensor
 
@@ -109,15 +110,15 @@ class GazeShift(Relabel):
         return {"name": self.name, "shift_deg": list(self.shift_deg)}
 
 
-RELABELS: dict[str, type[Relabel]] = {cls.name: cls for cls in (FixedGazeTarget, GazeShift)}
+for _cls in (FixedGazeTarget, GazeShift):
+    RELABELS.register(_cls)
 
 
 def build_relabel(params: Mapping[str, Any]) -> Relabel:
     kwargs = dict(params)
     name = kwargs.pop("name", None)
-    if name not in RELABELS:
-        raise ConfigError(f"unknown relabel '{name}' (known: {', '.join(sorted(RELABELS))})")
+    cls = RELABELS.get(name)
     try:
-        return RELABELS[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
     except TypeError as exc:
         raise ConfigError(f"relabel '{name}': {exc}") from None

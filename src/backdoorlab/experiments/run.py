@@ -55,6 +55,8 @@ class RunOutcome:
     run_id: str
     run_dir: Path
     metrics: dict[str, Any]
+    #: (name, value) of the task's headline metric, for one-line summaries (sweep progress)
+    headline: tuple[str, Any] | None = None
 
 
 def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
@@ -127,7 +129,8 @@ def execute(
         raise
     store.complete(run_id, metrics, metrics.get("data_fingerprint", ""))
     (path / "status.json").write_text(json.dumps({"status": "complete", "run_id": run_id}, indent=2))
-    return RunOutcome(run_id, path, metrics)
+    headline_name = TASKS.get(cfg.task).headline_metric
+    return RunOutcome(run_id, path, metrics, (headline_name, metrics.get(headline_name)))
 
 
 def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str, Any]:

@@ -10,16 +10,17 @@ from torch import nn
 from backdoorlab.errors import ConfigError, ModelContractError
 from backdoorlab.models.gaze_cnn import GazeCNN
 from backdoorlab.models.resnet import ResNet18Gaze
+from backdoorlab.registry import MODELS
 
-MODELS: dict[str, type[nn.Module]] = {"gaze_cnn": GazeCNN, "resnet18": ResNet18Gaze}
+MODELS.register(GazeCNN, name="gaze_cnn")
+MODELS.register(ResNet18Gaze, name="resnet18")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Instantiate a registered architecture by name."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model '{name}'; choose one of {sorted(MODELS)}")
+    cls = MODELS.get(name)
     try:
-        return MODELS[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"model '{name}' does not accept these arguments {kwargs}: {exc}") from exc
 

@@ -20,6 +20,8 @@ from backdoorlab.data.arrays import ArrayDataset
 class Task(ABC):
     name: str = "task"
     required_annotations: tuple[str, ...] = ()
+    #: the metric of :meth:`evaluate` that sums a run up (the store's headline column, sweep lines)
+    headline_metric: str = ""
 
     @abstractmethod
     def target(self, annotations: dict[str, torch.Tensor]) -> torch.Tensor:

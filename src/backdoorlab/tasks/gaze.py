@@ -18,6 +18,7 @@ class GazeTask(Task):
 
     name = "gaze"
     required_annotations = ("gaze",)
+    headline_metric = "clean_error_deg"
 
     def target(self, annotations: dict[str, torch.Tensor]) -> torch.Tensor:
         return annotations["gaze"].float()
