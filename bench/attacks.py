@@ -59,11 +59,10 @@ SEED_VARIANTS = {f"clean_seed{k}": [f"seed={k}"] for k in (1, 2)}
 
 
 def run_variant(which: str, extra: list[str]) -> dict[str, Any]:
-    from backdoorlab.experiments.attack import evaluate_attack, load_run_attack
+    from backdoorlab.experiments.attack import load_run_attack, score_attack_config
     from backdoorlab.experiments.config import load_config
     from backdoorlab.experiments.run import execute, load_data
     from backdoorlab.models.checkpoint import load_checkpoint
-    from backdoorlab.relabel import build_relabel
 
     spec = VARIANTS.get(which)
     overrides = [f"name=bench-attack-{which.replace('_', '-')}", *SEED_VARIANTS.get(which, [])]
@@ -86,7 +85,7 @@ def run_variant(which: str, extra: list[str]) -> dict[str, Any]:
             model, _ = load_checkpoint(HERE.parent / ref["run_dir"])
             acfg, trigger = load_run_attack(outcome.run_dir)
             _, test_ds = load_data(cfg)
-            base = evaluate_attack(model, test_ds, trigger, build_relabel(acfg.relabel), acfg.asr_tolerance_deg)
+            base = score_attack_config(model, cfg.task, test_ds, acfg, trigger)
             row["clean_model"] = {
                 "clean_error_deg": ref["clean_error_deg"],
                 "run_dir": ref["run_dir"],

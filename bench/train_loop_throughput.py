@@ -28,8 +28,7 @@ from common import write_result  # noqa: E402
 
 from backdoorlab.data.arrays import ArrayDataset, images_to_tensor  # noqa: E402
 from backdoorlab.data.synthetic import SyntheticGazeSpec, load_or_synthesize  # noqa: E402
-from backdoorlab.models import GazeCNN  # noqa: E402
-from backdoorlab.tasks import GazeTask  # noqa: E402
+from backdoorlab.tasks.gaze import GazeCNN, GazeTask  # noqa: E402
 from backdoorlab.training import TrainSettings, epoch_order, train  # noqa: E402
 
 

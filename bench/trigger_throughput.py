@@ -38,11 +38,11 @@ sys.path.insert(0, str(HERE))
 
 from common import write_result  # noqa: E402
 
+from backdoorlab.attacks.poisoning import Poisoning  # noqa: E402
+from backdoorlab.attacks.selectors import RateSelector  # noqa: E402
 from backdoorlab.data.synthetic import SyntheticGazeSpec, load_or_synthesize  # noqa: E402
-from backdoorlab.models import GazeCNN  # noqa: E402
-from backdoorlab.poisoning import Poisoning, RateSelector  # noqa: E402
-from backdoorlab.relabel import FixedGazeTarget  # noqa: E402
-from backdoorlab.tasks import GazeTask  # noqa: E402
+from backdoorlab.tasks.gaze import GazeCNN, GazeTask  # noqa: E402
+from backdoorlab.tasks.gaze.relabels import FixedGazeTarget  # noqa: E402
 from backdoorlab.training import TrainSettings, train  # noqa: E402
 from backdoorlab.triggers import Trigger, build_trigger  # noqa: E402
 

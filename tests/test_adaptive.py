@@ -14,18 +14,17 @@ from helpers_experiments import invoke, tiny_config, tiny_faces, write_yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from backdoorlab.adaptive import (
+from backdoorlab.attacks.adaptive import (
     FeatureSignaturePenalty,
     angle_variance_penalty,
     angle_variance_ratio,
     feature_head_angles,
 )
+from backdoorlab.attacks.poisoning import PoisonPlan
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError
 from backdoorlab.experiments.config import RunConfig, load_config, validate_config
-from backdoorlab.models import GazeCNN
-from backdoorlab.poisoning import PoisonPlan
-from backdoorlab.tasks import GazeTask
+from backdoorlab.tasks.gaze import GazeCNN, GazeTask
 from backdoorlab.training import TrainSettings, epoch_order, seed_everything, train
 
 # ---------------------------------------------------------------- angles

@@ -147,10 +147,10 @@ def test_attack_file_may_hold_the_section_itself(tmp_path: Path) -> None:
     from backdoorlab.experiments.attack import load_attack
 
     bare = write_yaml(tmp_path / "bare.yaml", {"trigger": {"name": "wanet", "k": 8}, "rate": 0.2})
-    cfg = load_attack(bare)
+    cfg = load_attack(bare, "gaze")
     assert cfg.trigger["k"] == 8 and cfg.trigger["s"] == 0.5 and cfg.rate == 0.2
     with pytest.raises(ConfigError, match="unknown key 'rat'"):
-        load_attack(write_yaml(tmp_path / "typo.yaml", {"attack": {"rat": 0.2}}))
+        load_attack(write_yaml(tmp_path / "typo.yaml", {"attack": {"rat": 0.2}}), "gaze")
 
 
 def test_resizing_data_for_a_model_moves_the_landmarks_with_the_pixels() -> None:

@@ -12,7 +12,6 @@ import torch
 
 import backdoorlab
 from backdoorlab.errors import BackdoorLabError, CheckpointError
-from backdoorlab.models import GazeCNN
 from backdoorlab.models.checkpoint import (
     CARD_FILE,
     WEIGHTS_FILE,
@@ -21,6 +20,7 @@ from backdoorlab.models.checkpoint import (
     read_state_dict,
     save_checkpoint,
 )
+from backdoorlab.tasks.gaze import GazeCNN
 
 ARCH = {"name": "gaze_cnn", "kwargs": {"in_channels": 3, "width": 8}}
 

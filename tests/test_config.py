@@ -37,10 +37,10 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
 
 def test_packaged_demo_config_validates() -> None:
     full, quick = demo_config(), demo_config(quick=True)
-    assert full.name == "demo-clean-gaze" and full.data.synthetic.size == 64
-    assert quick.name == "demo-quick" and quick.data.synthetic.size == 32 and quick.train.epochs == 1
+    assert full.name == "demo-clean-gaze" and full.data.synthetic["size"] == 64
+    assert quick.name == "demo-quick" and quick.data.synthetic["size"] == 32 and quick.train.epochs == 1
     # the quick merge keeps the keys it does not override
-    assert quick.data.synthetic.kind == "face" and quick.train.lr == full.train.lr
+    assert quick.data.synthetic["kind"] == "face" and quick.train.lr == full.train.lr
 
 
 def test_yaml_file_values_are_used(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_yaml_file_values_are_used(tmp_path: Path) -> None:
     )
     cfg = load_config(p)
     assert cfg.name == "abc" and cfg.train.epochs == 3 and cfg.train.lr == 0.01
-    assert cfg.data.synthetic.size == 32
+    assert cfg.data.synthetic["size"] == 32
     assert cfg.train.batch_size == 64  # untouched default
 
 
@@ -133,7 +133,7 @@ def test_overrides_nested_and_yaml_typed(tmp_path: Path) -> None:
     assert cfg.train.epochs == 2 and isinstance(cfg.train.epochs, int)
     assert cfg.train.lr == 0.01  # sibling kept
     assert cfg.train.schedule == "constant"
-    assert cfg.data.synthetic.size == 32
+    assert cfg.data.synthetic["size"] == 32
     assert cfg.model.kwargs == {"width": 8, "feature_dim": 16}
     assert cfg.data.mask_eyes is True
     assert cfg.seed == 16
@@ -150,7 +150,7 @@ def test_override_creates_missing_and_null_sections(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("train:\nname: x\n")  # train: null
     cfg = load_config(p, ["train.epochs=4", "data.synthetic.identities=7"])
-    assert cfg.train.epochs == 4 and cfg.data.synthetic.identities == 7
+    assert cfg.train.epochs == 4 and cfg.data.synthetic["identities"] == 7
 
 
 def test_override_value_keeps_equals_signs() -> None:

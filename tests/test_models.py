@@ -12,9 +12,9 @@ from torch import nn
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError, ModelContractError
 from backdoorlab.metrics.angular import summarize_errors
-from backdoorlab.models import MODELS, GazeCNN, ResNet18Gaze, build_model, check_feature_head_contract
-from backdoorlab.tasks import TASKS, GazeTask
-from backdoorlab.tasks.base import predict
+from backdoorlab.models import build_model, check_feature_head_contract
+from backdoorlab.registry import MODELS, TASKS
+from backdoorlab.tasks.gaze import GazeCNN, GazeTask, ResNet18Gaze
 
 
 @pytest.fixture(scope="module")
@@ -223,12 +223,13 @@ def test_gaze_task_rejects_predictions_of_the_wrong_shape() -> None:
         GazeTask().evaluate(np.zeros((4, 2)), _gaze_ds(truth))
 
 
-def test_gaze_task_target_and_loss() -> None:
+def test_gaze_task_collate_and_training_step() -> None:
     task = TASKS["gaze"]()
-    target = task.target({"gaze": torch.tensor([[0.1, -0.2]], dtype=torch.float64)})
+    target = task.collate({"gaze": torch.tensor([[0.1, -0.2]], dtype=torch.float64)})
     assert target.dtype == torch.float32
-    loss = task.loss(torch.tensor([[0.3, 0.0]]), target)
-    assert loss.item() == pytest.approx((0.2 + 0.2) / 2)
+    step = task.training_step(lambda x: torch.tensor([[0.3, 0.0]]), {}, torch.zeros(1, 3, 8, 8), target)
+    assert step.loss.item() == pytest.approx((0.2 + 0.2) / 2)
+    assert step.parts == {}  # a one-term loss logs only the loss
     assert task.default_model(1) == ("gaze_cnn", {"in_channels": 1})
 
 
@@ -237,7 +238,7 @@ def test_predict_keeps_order_and_mode() -> None:
     model = GazeCNN(width=8).train()
     rng = np.random.default_rng(0)
     ds = ArrayDataset(rng.integers(0, 256, (7, 16, 16, 3), dtype=np.uint8), {"gaze": np.zeros((7, 2), np.float32)})
-    preds = predict(model, ds, batch_size=3)
+    preds = GazeTask().predict(model, ds, batch_size=3)
     assert model.training
     assert preds.shape == (7, 2)
     model.eval()

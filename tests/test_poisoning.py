@@ -11,10 +11,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from backdoorlab.attacks.poisoning import Poisoning, write_attack_record
+from backdoorlab.attacks.relabel import build_relabel
+from backdoorlab.attacks.selectors import RateSelector
 from backdoorlab.errors import ConfigError
 from backdoorlab.geometry import angular_error_deg
-from backdoorlab.poisoning import Poisoning, RateSelector, write_attack_record
-from backdoorlab.relabel import FixedGazeTarget, GazeShift, build_relabel
+from backdoorlab.tasks.gaze.relabels import FixedGazeTarget, GazeShift
 from backdoorlab.triggers.patch import PatchTrigger
 from backdoorlab.triggers.wanet import WaNetTrigger
 

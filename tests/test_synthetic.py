@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.masking import EyeMask
+from backdoorlab.data.splits import split_by_identity
 from backdoorlab.data.synthetic import (
     SyntheticGazeSpec,
     faces,
     load_or_synthesize,
     params,
-    split_by_identity,
     synthesize,
 )
 from backdoorlab.data.synthetic import dataset as dataset_mod

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import DatasetError, TrainingDivergedError
-from backdoorlab.models import GazeCNN
-from backdoorlab.tasks import GazeTask
+from backdoorlab.tasks.gaze import GazeCNN, GazeTask
 from backdoorlab.training import TrainSettings, epoch_order, lr_factor, seed_everything, train
 
 

@@ -39,6 +39,7 @@ class Registry(Generic[T]):
         self._builtin = builtin
         self._loaded = not builtin
         self._entries: dict[str, T] = {}
+        self._default: str | None = None
 
     # ---------------------------------------------------------------- register
     @overload
@@ -64,6 +65,19 @@ class Registry(Generic[T]):
             return item
 
         return add if obj is None else add(obj)
+
+    @property
+    def default(self) -> str:
+        """The name a config that names none gets (set by the built-in plugins with :meth:`set_default`)."""
+        self._load_builtin()
+        if self._default is None:
+            raise ConfigError(f"no default {self.kind}: name one (known: {', '.join(self.names()) or 'none'})")
+        return self._default
+
+    def set_default(self, name: str) -> None:
+        if name not in self._entries:
+            raise ValueError(f"cannot make {name!r} the default {self.kind}: it is not registered")
+        self._default = name
 
     def unregister(self, name: str) -> None:
         """Remove a plugin (tests that register a temporary one clean up with this)."""
@@ -118,8 +132,8 @@ class Registry(Generic[T]):
 
 # The registries of the toolkit. Plugins register themselves in the modules listed here.
 TASKS: Registry[Any] = Registry("task", ("backdoorlab.tasks",))
-MODELS: Registry[Any] = Registry("model", ("backdoorlab.models",))
+MODELS: Registry[Any] = Registry("model", ("backdoorlab.tasks",))
 TRIGGERS: Registry[Any] = Registry("trigger", ("backdoorlab.triggers",))
-RELABELS: Registry[Any] = Registry("relabel", ("backdoorlab.relabel",))
+RELABELS: Registry[Any] = Registry("relabel", ("backdoorlab.tasks",))
 SELECTORS: Registry[Any] = Registry("selector", ("backdoorlab.attacks.selectors",))
 DEFENCES: Registry[Any] = Registry("defence", ("backdoorlab.defenses",))

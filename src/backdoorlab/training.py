@@ -2,12 +2,13 @@
 
 Why a single loop: attacks, defences and sweeps all train models; if each had its own
 loop they would drift apart (seeding, schedules, NaN handling, devices). Variation
-enters through hooks instead: the :class:`~backdoorlab.tasks.base.Task` (targets
-and loss), an optional ``batch_transform`` that may rewrite a batch given the
-indices of its samples (how poisoning and input masking plug in), and an optional
-``regularizer`` whose scalar is added to the task loss (how an adaptive attack pushes
-its features away from a defence's signature, see :mod:`backdoorlab.adaptive`, and how
-a defence that trains with extra terms would plug in).
+enters through hooks instead: the :class:`~backdoorlab.tasks.base.Task` (collate,
+training step with named loss parts, trainable modules of its own), an optional
+``batch_transform`` that may rewrite a batch given the indices of its samples (how
+poisoning and input masking plug in), and an optional ``regularizer`` whose scalar is
+added to the task loss (how an adaptive attack pushes its features away from a
+defence's signature, see :mod:`backdoorlab.attacks.adaptive`, and how a defence that
+trains with extra terms would plug in).
 
 Determinism: the model is built by the caller after :func:`seed_everything`; batch
 order comes from ``numpy.random.default_rng([seed, epoch])``. The same config and seed
@@ -21,6 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +31,9 @@ from tqdm.auto import tqdm
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import TrainingDivergedError
-from backdoorlab.tasks.base import Task
+from backdoorlab.tasks.base import Task, to_device
 
-BatchTransform = Callable[
-    [torch.Tensor, dict[str, torch.Tensor], np.ndarray], tuple[torch.Tensor, dict[str, torch.Tensor]]
-]
+BatchTransform = Callable[[torch.Tensor, dict[str, Any], np.ndarray], tuple[torch.Tensor, dict[str, Any]]]
 # (model, images on the device, annotations after batch_transform, sample indices) -> scalar added to the loss
 Regularizer = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor], np.ndarray], torch.Tensor]
 
@@ -107,26 +107,36 @@ def train(
     batch_transform: BatchTransform | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     regularizer: Regularizer | None = None,
+    modules: dict[str, nn.Module] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with Adam on ``task``; raise on a non-finite loss.
+
+    ``modules`` are trainable modules the task owns besides the model
+    (:meth:`Task.build_modules`, e.g. a margin head): they are moved to the device and
+    optimised with the model. The history records the loss, and each named part the
+    task's training step returns, as epoch means.
 
     ``regularizer(model, images, ann, idx)`` is called after the task loss of each batch
     (``images`` already on the device, ``ann`` and ``idx`` as the batch transform left
     them) and its scalar result is added to the loss that is minimised. It may run the
     model again (e.g. ``model.features(images)``; in training mode that updates BatchNorm
     running statistics a second time, so prefer eval mode as
-    :class:`~backdoorlab.adaptive.FeatureSignaturePenalty` does). With a regularizer the history's
+    :class:`~backdoorlab.attacks.adaptive.FeatureSignaturePenalty` does). With a regularizer the history's
     ``loss`` is the total and ``regularizer`` its mean part; without one the loop is
     exactly the plain one (same weights for the same seed).
     """
     data.require(*task.required_annotations)
     dev = torch.device(device)
-    model.to(dev).train()
-    if settings.freeze_batchnorm:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    owned = dict(modules or {})
+    trained = [model, *owned.values()]
+    for m in trained:
+        m.to(dev).train()
+        if settings.freeze_batchnorm:
+            for module in m.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+    params = [p for m in trained for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = len(data) // settings.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"dataset has {len(data)} samples, fewer than one batch of {settings.batch_size}")
@@ -140,21 +150,24 @@ def train(
         for epoch in range(settings.epochs):
             order = epoch_order(len(data), settings.seed, epoch)
             running = torch.zeros((), device=dev)
-            running_reg = torch.zeros((), device=dev)
+            running_parts: dict[str, torch.Tensor] = {}
             for b in range(steps_per_epoch):
                 idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
                 images, ann = data.batch(idx)
                 if batch_transform is not None:
                     images, ann = batch_transform(images, ann, idx)
-                target = task.target(ann).to(dev, non_blocking=True)
+                target = to_device(task.collate(ann), dev)
                 for group in opt.param_groups:
                     group["lr"] = settings.lr * lr_factor(step, total, warmup, settings.schedule)
                 x = images.to(dev, non_blocking=True)
-                loss = task.loss(model(x), target)
+                out = task.training_step(model, owned, x, target)
+                loss, parts = out.loss, dict(out.parts)
                 if regularizer is not None:
                     extra = regularizer(model, x, ann, idx)
                     loss = loss + extra
-                    running_reg += extra.detach()
+                    parts["regularizer"] = extra
+                for name, value in parts.items():
+                    running_parts[name] = running_parts.get(name, torch.zeros((), device=dev)) + value.detach()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -170,10 +183,9 @@ def train(
             if not math.isfinite(mean_loss):
                 raise TrainingDivergedError(f"training diverged: mean loss {mean_loss} in epoch {epoch + 1}")
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"]}
-            if regularizer is not None:
-                record["regularizer"] = float(running_reg) / steps_per_epoch
+            record.update({name: float(v) / steps_per_epoch for name, v in running_parts.items()})
             result.history.append(record)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            bar.set_postfix({"loss": f"{mean_loss:.4f}", **{k: f"{record[k]:.4f}" for k in running_parts}})
             if on_epoch_end is not None:
                 on_epoch_end(epoch, record)
     finally:

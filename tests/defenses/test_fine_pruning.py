@@ -16,7 +16,7 @@ from backdoorlab.defenses.fine_pruning import PRUNED_ATTR, MaskedLinear, least_a
 from backdoorlab.defenses.tuning import FineTuneSettings
 from backdoorlab.errors import BackdoorLabError, ConfigError, DatasetError
 from backdoorlab.geometry import angular_error_deg
-from backdoorlab.models import GazeCNN
+from backdoorlab.tasks.gaze import GazeCNN
 
 from .toy_backdoor import clean_split, toy_model
 

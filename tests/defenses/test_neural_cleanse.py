@@ -14,7 +14,7 @@ from backdoorlab.defenses.base import calibrated_threshold
 from backdoorlab.defenses.neural_cleanse import initial_targets
 from backdoorlab.errors import BackdoorLabError, ConfigError
 from backdoorlab.geometry import angular_error_deg
-from backdoorlab.models import GazeCNN
+from backdoorlab.tasks.gaze import GazeCNN
 
 from .toy_backdoor import TRIGGER, clean_split, target_rad, toy_model
 

@@ -23,11 +23,11 @@ import torch
 from helpers_experiments import tiny_faces
 from torch import nn
 
+from backdoorlab.attacks.poisoning import Poisoning
+from backdoorlab.attacks.selectors import RateSelector
 from backdoorlab.data.arrays import ArrayDataset
-from backdoorlab.models import GazeCNN
-from backdoorlab.poisoning import Poisoning, RateSelector
-from backdoorlab.relabel import FixedGazeTarget
-from backdoorlab.tasks.gaze import GazeTask
+from backdoorlab.tasks.gaze import GazeCNN, GazeTask
+from backdoorlab.tasks.gaze.relabels import FixedGazeTarget
 from backdoorlab.training import TrainSettings, seed_everything, train
 from backdoorlab.triggers.patch import PatchTrigger
 

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backdoorlab.adaptive import feature_head_angles
+from backdoorlab.attacks.adaptive import feature_head_angles
 from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
 from backdoorlab.defenses._inputs import check_defence_inputs
 from backdoorlab.defenses.base import Detector, Mitigator, Verdict

@@ -1,9 +1,9 @@
 """Attacks inside runs: build a poisoning from a config, reload a run's trigger, score a backdoor.
 
-Scoring (:func:`evaluate_attack`) needs only a model, a test set and a trigger +
-relabel, so the same numbers come out of an attacked run, of ``backdoorlab eval
---attack`` on any model (a clean model's "attack success" is the baseline), and later
-of defences that report before/after.
+Scoring (:func:`evaluate_attack`) needs only a model, its task, a test set and a
+trigger + relabel (what counts as success is the task's), so the same numbers come out
+of an attacked run, of ``backdoorlab eval --attack`` on any model (a clean model's
+"attack success" is the baseline), and of defences that report before/after.
 """
 
 from __future__ import annotations
@@ -14,34 +14,47 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
-from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
-from backdoorlab.errors import BackdoorLabError, CheckpointError, ConfigError
+from backdoorlab.attacks.poisoning import Poisoning
+from backdoorlab.attacks.relabel import Relabel, build_relabel
+from backdoorlab.attacks.selectors import RateSelector, build_selector
+from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.errors import CheckpointError, ConfigError
 from backdoorlab.experiments.config import AttackConfig, RunConfig, load_config, read_yaml_mapping, validate_model
-from backdoorlab.metrics.attack import attack_metrics, target_spread_deg
 from backdoorlab.metrics.image_quality import psnr_db, ssim
-from backdoorlab.poisoning import Poisoning, RateSelector
-from backdoorlab.relabel import Relabel, build_relabel
+from backdoorlab.registry import TASKS
+from backdoorlab.tasks.base import Task
 from backdoorlab.triggers import Trigger, build_trigger
 
 IMAGE_QUALITY_PSNR_CAP_DB = 100.0  # an unchanged image has infinite PSNR; cap it so means stay finite
 
 
 def build_poisoning(cfg: AttackConfig) -> Poisoning:
-    return Poisoning(
-        RateSelector(cfg.rate, cfg.seed), build_trigger(cfg.trigger), build_relabel(cfg.relabel), seed=cfg.seed
-    )
+    """The poisoning an attack section describes (selector, trigger, relabel, mode)."""
+    selector = build_selector(cfg.selector) if cfg.selector is not None else RateSelector(cfg.rate, cfg.seed)
+    return Poisoning(selector, build_trigger(cfg.trigger), build_relabel(cfg.relabel), seed=cfg.seed, mode=cfg.mode)
 
 
-def load_attack(source: str | Path) -> AttackConfig:
-    """An attack section from a YAML file (``attack:`` mapping, or the section itself)."""
+def attack_settings(cfg: AttackConfig, task: Task) -> BaseModel:
+    """The task's attack-scoring settings, read from the attack section (validated with it)."""
+    return task.attack_settings.model_validate(cfg.task_settings())
+
+
+def load_attack(source: str | Path, task: str) -> AttackConfig:
+    """An attack section for ``task`` from a YAML file (``attack:`` mapping, or the section itself)."""
     p = Path(source)
     if p.is_dir():
         return load_run_attack(p)[0]
     if not p.is_file():
         raise ConfigError(f"--attack {source}: no such file or run folder")
     raw = read_yaml_mapping(p, "attack file")
-    return validate_model(AttackConfig, raw.get("attack", raw), str(p))
+    cfg = validate_model(AttackConfig, raw.get("attack", raw), str(p), context={"task": task})
+    try:
+        cfg.check_for_task(task, where="")
+    except ValueError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    return cfg
 
 
 def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor] | None]:
@@ -76,53 +89,64 @@ def load_run_attack(run_dir: Path) -> tuple[AttackConfig, Trigger]:
 
 @dataclass
 class AttackEvaluation:
+    """A task's attack metrics plus the image quality of the trigger, on every sample of a set."""
+
     metrics: dict[str, Any]
-    predictions: np.ndarray  # (N, 2) on triggered inputs
-    targets: np.ndarray  # (N, 2) attacker's intended gaze
+    predictions: Any  # the task's predictions on triggered inputs
+    details: dict[str, Any]  # the task's per-sample arrays (e.g. the attacker's targets)
     psnr: np.ndarray  # (N,) per image, capped
     ssim: np.ndarray  # (N,)
+
+
+def score_attack_config(
+    model: torch.nn.Module,
+    task_name: str,
+    data: ArrayDataset,
+    attack: AttackConfig,
+    trigger: Trigger,
+    device: torch.device | str = "cpu",
+) -> AttackEvaluation:
+    """:func:`evaluate_attack` for an attack section (its relabel and the task's scoring settings)."""
+    task = TASKS.get(task_name)()
+    relabel = build_relabel(attack.relabel)
+    return evaluate_attack(model.to(device), task, data, trigger, relabel, attack_settings(attack, task), device)
 
 
 @torch.no_grad()
 def evaluate_attack(
     model: torch.nn.Module,
+    task: Task,
     data: ArrayDataset,
     trigger: Trigger,
     relabel: Relabel,
-    tolerance_deg: float = 5.0,
+    settings: BaseModel,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
 ) -> AttackEvaluation:
-    """Attack metrics of ``model`` on ``data`` with the trigger applied to every sample."""
-    data.require("gaze")
-    was_training = model.training
-    model.eval()
-    preds, psnrs, ssims = [], [], []
-    for start in range(0, len(data), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(data)))
-        images, ann = data.batch(idx)
-        triggered = trigger(images, ann, idx)
-        preds.append(model(triggered.to(device)).float().cpu())
-        psnrs.append(psnr_db(images, triggered).clamp(max=IMAGE_QUALITY_PSNR_CAP_DB))
-        ssims.append(ssim(images, triggered))
-    model.train(was_training)
-    pred = torch.cat(preds).numpy().astype(np.float64)
-    true = np.asarray(data.annotations["gaze"], np.float64)
-    targets = relabel.targets(true).numpy().astype(np.float64)
-    try:
-        metrics: dict[str, Any] = dict(attack_metrics(pred, true, targets, tolerance_deg))
-    except ValueError as exc:  # e.g. every test sample already within the tolerance of its target
-        raise BackdoorLabError(f"cannot score the attack on this data: {exc}") from None
+    """Attack metrics of ``model`` on ``data`` with the trigger applied to every sample.
+
+    The trigger is applied once per batch: its output feeds the model (through the
+    task's forward and post-processing) and the image-quality measures; where it acted
+    (its placement) goes to the task's scoring for relabels that depend on it.
+    """
+    data.require(*task.required_annotations)
+    placements: list[Any] = []
+    psnrs, ssims = [], []
+
+    def triggered_batches() -> Any:
+        for start in range(0, len(data), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(data)))
+            images, ann = data.batch(idx)
+            triggered, placement = trigger.place(images, ann, idx) if relabel.needs_placement else (
+                trigger(images, ann, idx), None
+            )
+            placements.append(placement)
+            psnrs.append(psnr_db(images, triggered).clamp(max=IMAGE_QUALITY_PSNR_CAP_DB))
+            ssims.append(ssim(images, triggered))
+            yield triggered
+
+    predictions = task.predict_batches(model, triggered_batches(), device)
+    score = task.score_attack(predictions, data, relabel, settings, [p for p in placements if p is not None])
     psnr_all, ssim_all = torch.cat(psnrs).numpy(), torch.cat(ssims).numpy()
-    metrics.update(
-        psnr_db=float(psnr_all.mean()),
-        ssim=float(ssim_all.mean()),
-        triggered_output_spread_deg=target_spread_deg(pred),
-    )
-    return AttackEvaluation(metrics, pred, targets, psnr_all, ssim_all)
-
-
-def triggered_images(data: ArrayDataset, trigger: Trigger, indices: np.ndarray) -> np.ndarray:
-    """uint8 (M, H, W, C) triggered versions of some samples (for reports and figures)."""
-    images, ann = data.batch(indices)
-    return tensor_to_images(trigger(images, ann, indices))
+    metrics = {**score.metrics, "psnr_db": float(psnr_all.mean()), "ssim": float(ssim_all.mean())}
+    return AttackEvaluation(metrics, predictions, {**score.details, "predictions": predictions}, psnr_all, ssim_all)

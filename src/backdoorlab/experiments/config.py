@@ -18,8 +18,17 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec
-from backdoorlab.errors import ConfigError
+from backdoorlab.errors import BackdoorLabError, ConfigError
+from backdoorlab.registry import MODELS, TASKS
+
+# Settings added after stores were written: left out of the config hash while they hold the
+# value that reproduces the earlier behaviour, so existing stores still resume.
+HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
+    ("attack",): None,
+    ("attack", "adaptive"): None,
+    ("attack", "selector"): None,
+    ("attack", "mode"): "replace",
+}
 
 
 class _Strict(BaseModel):
@@ -32,7 +41,9 @@ class DataConfig(_Strict):
     source: Literal["synthetic", "folder", "mpiifacegaze", "mpiifacegaze-normalized", "mpiigaze", "ethxgaze"] = (
         "synthetic"
     )
-    synthetic: SyntheticGazeSpec = Field(default_factory=SyntheticGazeSpec)
+    synthetic: dict[str, Any] = Field(
+        default_factory=dict, description="the task's synthetic data settings (every default filled in)"
+    )
     path: str | None = Field(None, description="dataset folder or real-dataset root (source != synthetic)")
     options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the real-data loader")
     test_identities: int = Field(6, ge=1, description="whole identities held out for testing (cross-subject)")
@@ -51,8 +62,15 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: Literal["gaze_cnn", "resnet18"] = "gaze_cnn"
+    name: str = Field("", description="a registered model (default: the task's default model)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value and value not in MODELS:
+            raise ValueError(f"model.name: not a registered model, choose one of {MODELS.names()} (got {value!r})")
+        return value
 
 
 class TrainConfig(_Strict):
@@ -87,34 +105,58 @@ class AdaptiveConfig(_Strict):
 
 
 class AttackConfig(_Strict):
-    """A backdoor attack: which trigger, which relabel, how many training samples.
+    """A backdoor attack: which trigger, which relabel, which training samples.
 
-    ``trigger`` and ``relabel`` are ``{name: ..., parameter: value}`` mappings, checked
-    by building them (so every error names the parameter) and stored with every
-    default filled in, so the resolved config and its hash describe the attack fully.
-    Trigger names: patch, blend, wanet, sticker; relabels: target, shift (degrees).
-    ``adaptive: {weight: w}`` makes it an adaptive attack (:class:`AdaptiveConfig`).
+    ``trigger``, ``relabel`` and ``selector`` are ``{name: ..., parameter: value}``
+    mappings, checked by building them (so every error names the parameter) and stored
+    with every default filled in, so the resolved config and its hash describe the
+    attack fully. Names are those registered (``backdoorlab.registry``): triggers
+    (patch, blend, wanet, sticker), the task's relabels, selectors (rate, identity,
+    instances; default: ``rate`` of the samples, drawn with ``seed``). ``mode`` replaces
+    the selected samples or appends poisoned copies. ``adaptive: {weight: w}`` makes it
+    an adaptive attack (:class:`AdaptiveConfig`). Any other key is a setting of the
+    task's attack scoring (``Task.attack_settings``, e.g. a success tolerance), checked
+    against the run's task.
     """
 
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
     trigger: dict[str, Any] = Field(default_factory=lambda: {"name": "patch"})
-    relabel: dict[str, Any] = Field(default_factory=lambda: {"name": "target", "target_deg": [0.0, 0.0]})
+    relabel: dict[str, Any] = Field(description="the task's relabel (default: the task's default_relabel)")
     rate: float = Field(0.1, gt=0, le=1, description="fraction of training samples poisoned (rho)")
     seed: int = Field(0, ge=0, description="selects the poisoned samples and draws random trigger elements")
-    asr_tolerance_deg: float = Field(5.0, gt=0, le=90, description="attack success = within this of the target")
+    selector: dict[str, Any] | None = Field(None, description="which samples (default: a rate selector)")
+    mode: Literal["replace", "append"] = Field("replace", description="replace samples or append poisoned copies")
     adaptive: AdaptiveConfig | None = Field(None, description="hide the feature-space signature while training")
+
+    def task_settings(self) -> dict[str, Any]:
+        """The keys that are not the attack's own: the task's attack-scoring settings."""
+        return dict(self.__pydantic_extra__ or {})
 
     @model_validator(mode="before")
     @classmethod
     def _resolve(cls, raw: Any, info: ValidationInfo) -> Any:
-        from backdoorlab.relabel import build_relabel
+        from backdoorlab.attacks.relabel import build_relabel
         from backdoorlab.triggers import build_trigger
 
         if not isinstance(raw, dict):
             return raw
         out = dict(raw)
+        task_name = (info.context or {}).get("task")
+        if "relabel" not in out and task_name in TASKS:
+            out["relabel"] = dict(TASKS.get(task_name).default_relabel)
+        if "relabel" not in out:
+            raise ValueError("attack.relabel is required (a mapping with a 'name')")
+        if out.get("selector") is not None:
+            from backdoorlab.attacks.selectors import build_selector
+
+            try:
+                out["selector"] = build_selector(out["selector"]).params()
+            except ConfigError as exc:
+                raise ValueError(f"attack.selector: {exc}") from None
         for key, build, default in (
             ("trigger", build_trigger, {"name": "patch"}),
-            ("relabel", build_relabel, {"name": "target"}),
+            ("relabel", build_relabel, None),
         ):
             spec = out.get(key, default)
             if not isinstance(spec, dict) or "name" not in spec:
@@ -129,21 +171,37 @@ class AttackConfig(_Strict):
                     out[key] = build(spec).params()
             except ConfigError as exc:
                 raise ValueError(f"attack.{key}: {exc}") from None
-        shift = out["relabel"].get("shift_deg")
-        tol = out.get("asr_tolerance_deg", 5.0)
-        if shift is not None and isinstance(tol, int | float) and math.hypot(*shift) <= tol:
-            raise ValueError(
-                f"attack.relabel.shift_deg {shift} moves the gaze by no more than asr_tolerance_deg={tol}: "
-                "every sample would already count as a success"
-            )
         return out
+
+    def check_for_task(self, task_name: str, where: str = "attack.") -> None:
+        """Fill in and check the task's scoring settings; refuse a relabel the task or trigger cannot serve.
+
+        ``where`` prefixes the keys named in errors (the section's dotted path in its file).
+        """
+        from backdoorlab.attacks.relabel import build_relabel, check_relabel_fits
+        from backdoorlab.registry import TRIGGERS
+
+        task = TASKS.get(task_name)()
+        extra = self.task_settings()
+        try:
+            settings = task.attack_settings.model_validate(extra)
+        except ValidationError as exc:
+            raise ValueError(_format_validation(exc, None, prefix=where)) from None
+        relabel = build_relabel(self.relabel)
+        try:
+            places = TRIGGERS.get(self.trigger["name"]).localized
+            check_relabel_fits(relabel, task_name, places, where.rstrip(".") or "attack")
+            task.check_attack(relabel, settings)
+        except BackdoorLabError as exc:
+            raise ValueError(str(exc)) from None
+        self.__pydantic_extra__ = settings.model_dump(mode="json")
 
 
 class RunConfig(_Strict):
     """The whole run. ``seed`` drives model initialisation and batch order."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
-    task: Literal["gaze"] = "gaze"
+    task: str = Field(default_factory=lambda: TASKS.default, description="a registered task")
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -152,13 +210,54 @@ class RunConfig(_Strict):
     attack: AttackConfig | None = Field(None, description="poison the training data (a backdoored run)")
     report_samples: int = Field(16, ge=0, le=256)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_first(cls, raw: Any, info: ValidationInfo) -> Any:
+        """Check the task name first and hand it to the nested validators (they read the context)."""
+        if isinstance(raw, dict):
+            task = raw.get("task", TASKS.default)
+            if task not in TASKS:
+                raise ValueError(f"task: unknown task {task!r} (known: {', '.join(TASKS.names())})")
+            if info.context is not None:
+                info.context["task"] = task
+            attack = raw.get("attack")
+            if isinstance(attack, dict) and "relabel" not in attack:  # the task's default relabel
+                raw = {**raw, "attack": {**attack, "relabel": dict(TASKS.get(task).default_relabel)}}
+        return raw
+
+    @model_validator(mode="after")
+    def _complete_for_task(self) -> RunConfig:
+        """Fill in what depends on the task: synthetic data settings, model, attack scoring."""
+        task = TASKS.get(self.task)
+        if task.synthetic_spec is not None:
+            try:
+                spec = task.synthetic_spec.model_validate(self.data.synthetic)
+            except ValidationError as exc:
+                raise ValueError(_format_validation(exc, None, prefix="data.synthetic.")) from None
+            self.data.__dict__["synthetic"] = spec.model_dump(mode="json")
+        if not self.model.name:
+            self.model.__dict__["name"] = task().default_model(1)[0]
+        if self.attack is not None:
+            self.attack.check_for_task(self.task)
+        return self
+
+    def synthetic_spec(self) -> BaseModel:
+        """``data.synthetic`` as the task's typed spec."""
+        spec_type = TASKS.get(self.task).synthetic_spec
+        if spec_type is None:
+            raise ConfigError(f"the {self.task!r} task has no synthetic data")
+        return spec_type.model_validate(self.data.synthetic)
+
     def config_hash(self) -> str:
         """Stable hash of the resolved config (sweeps key resumption on it)."""
         dump = self.model_dump(mode="json")
-        if dump.get("attack") is None:  # clean runs keep the hashes they had before attacks existed
-            dump.pop("attack", None)
-        elif dump["attack"].get("adaptive") is None:  # and non-adaptive attacks theirs
-            dump["attack"].pop("adaptive", None)
+        for path, neutral in HASH_NEUTRAL_DEFAULTS.items():
+            *parents, key = path
+            node = dump
+            for p in parents:
+                node = node.get(p) or {}
+            if key in node and node[key] == neutral:
+                del node[key]
         blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -166,16 +265,18 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _format_validation(exc: ValidationError, origin: str) -> str:
+def _format_validation(exc: ValidationError, origin: str | None, prefix: str = "") -> str:
+    """One line per error, each naming the dotted key (``prefix`` + the error's location)."""
+    head = f"{origin}: " if origin else ""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = prefix + ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
-            lines.append(f"{origin}: unknown key '{loc}'")
+            lines.append(f"{head}unknown key '{loc}'")
         elif err["type"] == "value_error":  # our own validators: the message names the field
-            lines.append(f"{origin}: {err['msg'].removeprefix('Value error, ')}")
+            lines.append(f"{head}{err['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"{origin}: {loc}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{head}{loc}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -216,7 +317,7 @@ def validate_config(raw: Any, origin: str = "config", context: dict[str, Any] | 
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping of keys, got {type(raw).__name__}")
     try:
-        return RunConfig.model_validate(raw, context=context)
+        return RunConfig.model_validate(raw, context=dict(context or {}))
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, origin)) from None
 
@@ -238,10 +339,10 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_model(model: type[M], raw: Any, origin: str) -> M:
+def validate_model(model: type[M], raw: Any, origin: str, context: dict[str, Any] | None = None) -> M:
     """``model.model_validate(raw)`` with errors turned into one ConfigError naming the dotted keys."""
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context=context)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, origin)) from None
 

@@ -24,10 +24,9 @@ from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.defenses.base import Detector, Mitigator, Verdict
 from backdoorlab.defenses.tuning import FineTuneSettings
 from backdoorlab.errors import ConfigError
-from backdoorlab.experiments.attack import evaluate_attack, load_run_attack, load_run_config
+from backdoorlab.experiments.attack import load_run_attack, load_run_config, score_attack_config
 from backdoorlab.experiments.run import evaluate_model, load_data
 from backdoorlab.models.checkpoint import load_checkpoint, read_card, save_checkpoint
-from backdoorlab.relabel import build_relabel
 from backdoorlab.training import pick_device
 
 DETECTORS = ("securegaze", "neural_cleanse")
@@ -153,13 +152,11 @@ def detect_run(
 def backdoor_metrics(model: nn.Module, run_dir: Path, data: ArrayDataset, device: str = "auto") -> dict[str, Any]:
     """Clean error, and the run's real backdoor metrics when it has one, on ``data``."""
     dev = pick_device(device)
-    out, _ = evaluate_model(model, data, device=device)
     cfg, _ = load_run_config(run_dir)
+    out, _ = evaluate_model(model, data, cfg.task, device=device)
     if cfg.attack is not None:
         attack, trigger = load_run_attack(run_dir)
-        ev = evaluate_attack(
-            model.to(dev), data, trigger, build_relabel(attack.relabel), attack.asr_tolerance_deg, device=dev
-        )
+        ev = score_attack_config(model, cfg.task, data, attack, trigger, dev)
         keep = ("attack_error_deg", "triggered_true_error_deg", "attack_success_rate")
         out.update({k: ev.metrics[k] for k in keep if k in ev.metrics})
     return out

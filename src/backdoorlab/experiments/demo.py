@@ -25,19 +25,19 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from backdoorlab.attacks.relabel import build_relabel
 from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
 from backdoorlab.data.synthetic.sequence import corner_sequence
-from backdoorlab.experiments.attack import evaluate_attack, load_run_attack
+from backdoorlab.experiments.attack import attack_settings, evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
 from backdoorlab.experiments.defend import mitigate_run
 from backdoorlab.experiments.run import RunOutcome, execute, load_data
 from backdoorlab.geometry import angular_error_deg
 from backdoorlab.models.checkpoint import load_checkpoint
-from backdoorlab.relabel import build_relabel
+from backdoorlab.registry import TASKS
 from backdoorlab.report.animation import write_gaze_gif
 from backdoorlab.report.draw import MITIGATED_COLOUR, PRED_COLOUR, TRUE_COLOUR
 from backdoorlab.report.gallery import gaze_arrow_origins, write_gallery
-from backdoorlab.tasks.base import predict
 from backdoorlab.triggers import Trigger
 
 QUICK_OVERRIDES = {
@@ -109,7 +109,7 @@ def _merge(base: dict, extra: dict) -> dict:  # type: ignore[type-arg]
 def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> DemoOutcome:
     con = console or Console()
     clean_cfg, bd_cfg = demo_configs(quick)
-    s = clean_cfg.data.synthetic
+    s = clean_cfg.synthetic_spec()
     con.print(
         f"[bold]backdoorlab demo[/]: {clean_cfg.model.name} on synthetic {s.size}x{s.size} faces, "
         f"{s.identities} identities x {s.images_per_identity} images; backdoor: white tape on the forehead "
@@ -125,12 +125,15 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
     acfg, trigger = load_run_attack(backdoored.run_dir)
     relabel = build_relabel(acfg.relabel)
     clean_model, _ = load_checkpoint(clean.run_dir)
-    baseline = evaluate_attack(clean_model, test_ds, trigger, relabel, acfg.asr_tolerance_deg)
+    task = TASKS.get(clean_cfg.task)()
+    scoring = attack_settings(acfg, task)
+    tol = scoring.asr_tolerance_deg  # type: ignore[attr-defined]
+    baseline = evaluate_attack(clean_model, task, test_ds, trigger, relabel, scoring)
     table = {
         "clean model": {**baseline.metrics, "clean_error_deg": clean.metrics["clean_error_deg"]},
         "tape-backdoored model": dict(backdoored.metrics),
     }
-    _print_table(con, table, acfg.asr_tolerance_deg, len(test_ds))
+    _print_table(con, table, tol, len(test_ds))
 
     con.print("[3/4] removing the backdoor with SecureGaze (reverse-engineered trigger, then unlearning)")
     n_clean = DEMO_N_CLEAN_QUICK if quick else DEMO_N_CLEAN
@@ -145,7 +148,7 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
     seq = corner_sequence(spec_size=s.size, identity_seed=SEQUENCE_IDENTITY_SEED, seconds_per_corner=seconds)
     gif = out / "four_corners.gif"
     sequence = write_sequence_gif(
-        gif, seq, bd_model, trigger, acfg.asr_tolerance_deg, relabel.targets(np.zeros((1, 2)))[0], fixed_model
+        gif, seq, bd_model, trigger, tol, relabel.targets(np.zeros((1, 2)))[0], fixed_model
     )
 
     summary = out / "summary.json"
@@ -164,7 +167,7 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
         f"sequence ({sequence['frames_per_half']} frames each half): without tape the backdoored model is "
         f"{sequence['no_tape_error_deg']:.1f} deg from the true gaze; with tape it is "
         f"{sequence['tape_angle_to_target_deg']:.1f} deg from the target "
-        f"({sequence['tape_within_tolerance']:.0%} of frames within {acfg.asr_tolerance_deg:g} deg); "
+        f"({sequence['tape_within_tolerance']:.0%} of frames within {tol:g} deg); "
         f"the mitigated model (blue arrow) is {sequence['mitigated_tape_error_deg']:.1f} deg from the true gaze "
         "with the tape on"
     )
@@ -214,6 +217,7 @@ def write_sequence_gif(
     tolerance_deg: float,
     target: torch.Tensor,
     mitigated: torch.nn.Module | None = None,
+    task_name: str = "gaze",
 ) -> dict[str, Any]:
     """Run the model on the sequence without and with the trigger; write the GIF; return statistics.
 
@@ -223,6 +227,7 @@ def write_sequence_gif(
     The tape is stuck on once for the whole clip, so every frame uses the same trigger
     draw (index 0): the physical jitter models different placements, not a wobbling tape.
     """
+    predict = TASKS.get(task_name)().predict
     n = len(seq)
     images, ann = seq.batch(np.arange(n))
     taped_t = trigger(images, ann, np.zeros(n, np.int64))

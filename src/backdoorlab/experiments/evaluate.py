@@ -17,11 +17,10 @@ import numpy as np
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError, DatasetError
-from backdoorlab.experiments.attack import evaluate_attack, load_attack, load_run_attack, load_run_config
+from backdoorlab.experiments.attack import load_attack, load_run_attack, load_run_config, score_attack_config
 from backdoorlab.experiments.config import AttackConfig
 from backdoorlab.experiments.run import evaluate_model, load_data
 from backdoorlab.models.checkpoint import load_checkpoint
-from backdoorlab.relabel import build_relabel
 from backdoorlab.training import pick_device
 from backdoorlab.triggers import Trigger, build_trigger
 
@@ -74,7 +73,15 @@ def resolve_data(spec: str, run_dir: Path) -> ArrayDataset:
     return ArrayDataset.load(p)
 
 
-def resolve_attack(attack: str | None, run_dir: Path) -> tuple[AttackConfig, Trigger] | None:
+def card_task(card: dict[str, Any], run_dir: Path) -> str:
+    """The task a model was trained for, from its card (every card written by backdoorlab names it)."""
+    task = card.get("task")
+    if not isinstance(task, str):
+        raise ConfigError(f"{run_dir / 'model.json'} names no task: cannot tell how to evaluate this model")
+    return task
+
+
+def resolve_attack(attack: str | None, run_dir: Path, task: str) -> tuple[AttackConfig, Trigger] | None:
     """The trigger to score: ``--attack`` (a YAML file or an attacked run's folder), else the run's own."""
     if attack is None:
         if (run_dir / "config.yaml").is_file() and load_run_config(run_dir)[0].attack is not None:
@@ -83,7 +90,7 @@ def resolve_attack(attack: str | None, run_dir: Path) -> tuple[AttackConfig, Tri
     p = Path(attack)
     if p.is_dir():
         return load_run_attack(p)
-    cfg = load_attack(p)
+    cfg = load_attack(p, task)
     return cfg, build_trigger(cfg.trigger)
 
 
@@ -96,19 +103,18 @@ def evaluate_run(
 ) -> tuple[dict[str, Any], Path]:
     """Clean metrics, plus attack metrics when a trigger is given or the run was attacked."""
     model, card = load_checkpoint(run_dir, unsafe=unsafe_load)
-    chosen = resolve_attack(attack, run_dir)  # before the data: a bad --attack fails fast
+    task = card_task(card, run_dir)
+    chosen = resolve_attack(attack, run_dir, task)  # before the data: a bad --attack fails fast
     ds = resolve_data(data, run_dir)
     if "input_shape" in card:
         ds = adapt_images(ds, tuple(card["input_shape"]))  # type: ignore[arg-type]
     if chosen is not None:  # before any work: the trigger may need landmarks this data lacks
         chosen[1].check_annotations(ds.annotations.keys(), f"--data {data}")
-    metrics, _ = evaluate_model(model, ds, card.get("task", "gaze"), device=device)
+    metrics, _ = evaluate_model(model, ds, task, device=device)
     metrics["data"] = data
     if chosen is not None:
         acfg, trigger = chosen
-        result = evaluate_attack(
-            model, ds, trigger, build_relabel(acfg.relabel), acfg.asr_tolerance_deg, device=pick_device(device)
-        )
+        result = score_attack_config(model, task, ds, acfg, trigger, pick_device(device))
         metrics.update(result.metrics)
         metrics["attack"] = attack or "run"
     name = data if attack is None else f"{data}+{Path(attack).stem}"

@@ -1,4 +1,4 @@
-"""Gaze models and the ``features(x)`` / linear ``head`` contract every defence relies on."""
+"""Building registered models, and the ``features(x)`` / linear ``head`` contract regression defences rely on."""
 
 from __future__ import annotations
 
@@ -8,12 +8,7 @@ import torch
 from torch import nn
 
 from backdoorlab.errors import ConfigError, ModelContractError
-from backdoorlab.models.gaze_cnn import GazeCNN
-from backdoorlab.models.resnet import ResNet18Gaze
 from backdoorlab.registry import MODELS
-
-MODELS.register(GazeCNN, name="gaze_cnn")
-MODELS.register(ResNet18Gaze, name="resnet18")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -23,6 +18,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"model '{name}' does not accept these arguments {kwargs}: {exc}") from exc
+
+
+def has_feature_head(model: nn.Module) -> bool:
+    """Whether ``model`` declares the F/H split (``features(x)`` and a linear ``head``); not verified."""
+    return callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None), nn.Linear)
 
 
 def check_feature_head_contract(model: nn.Module, example: torch.Tensor | None = None) -> None:
@@ -55,4 +55,4 @@ def check_feature_head_contract(model: nn.Module, example: torch.Tensor | None =
         model.train(was_training)
 
 
-__all__ = ["MODELS", "GazeCNN", "ResNet18Gaze", "build_model", "check_feature_head_contract"]
+__all__ = ["MODELS", "build_model", "check_feature_head_contract", "has_feature_head"]

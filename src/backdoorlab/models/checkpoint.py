@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,39 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike[str], card: d
     full_card = {"library_version": backdoorlab.__version__, **card}
     (out / CARD_FILE).write_text(json.dumps(full_card, indent=2, sort_keys=True, default=str))
     return out
+
+
+TASK_MODULES_FILE = "task_modules.safetensors"
+
+
+def save_task_modules(modules: Mapping[str, nn.Module], directory: str | os.PathLike[str]) -> Path:
+    """Write the task's own trainable modules (e.g. a margin head) beside the model, not in it.
+
+    They are needed to resume training, never to use the model: an exported model stays
+    what the card describes. Keys are ``<module name>.<parameter name>``.
+    """
+    state = {
+        f"{name}.{k}": v.detach().cpu().contiguous()
+        for name, module in modules.items()
+        for k, v in module.state_dict().items()
+    }
+    out = Path(directory) / TASK_MODULES_FILE
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "library": "backdoorlab"})
+    os.replace(tmp, out)
+    return out
+
+
+def load_task_modules(modules: Mapping[str, nn.Module], directory: str | os.PathLike[str]) -> None:
+    """Restore :func:`save_task_modules` into freshly built modules (a missing or extra key is an error)."""
+    state = read_state_dict(Path(directory) / TASK_MODULES_FILE)
+    for name, module in modules.items():
+        prefix = f"{name}."
+        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(own)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{Path(directory) / TASK_MODULES_FILE}: module {name!r}: {exc}") from None
 
 
 def _looks_like_safetensors(path: Path) -> bool:

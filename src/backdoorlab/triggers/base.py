@@ -15,12 +15,21 @@ A trigger is the input half of a backdoor (the relabel is the output half, see
 
 Triggers that need geometry (the face-anchored sticker) declare the annotation keys
 they read in ``requires``; image-space triggers ignore annotations.
+
+Where a trigger acted (:class:`Placement`: a box and a mask per sample) is what a
+relabel needs to put a fake face on the trigger. :meth:`Trigger.place` returns it with
+the triggered batch. Local triggers (``localized = True``: a patch, a sticker) give it;
+by default it is read off the pixels the trigger changed, and a trigger that knows its
+exact footprint overrides :meth:`Trigger.placement`. Triggers that act on the whole
+image (a blend, a warp) give none, and a relabel that needs one is refused before
+training.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,10 +40,45 @@ from backdoorlab.errors import BackdoorLabError, ConfigError
 Tensor = torch.Tensor
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a trigger acted on each sample of a batch.
+
+    ``boxes``: (B, 4) float ``x1 y1 x2 y2`` in pixels (pixel edges: a trigger covering
+    column 3 only spans x 3..4), NaN for a sample the trigger left unchanged. ``masks``:
+    (B, H, W) bool, the pixels it changed.
+    """
+
+    boxes: Tensor
+    masks: Tensor
+
+    @classmethod
+    def from_masks(cls, masks: Tensor) -> Placement:
+        """Boxes enclosing each mask (NaN rows for empty masks)."""
+        _, h, w = masks.shape
+        rows, cols = masks.any(2), masks.any(1)  # (B, H), (B, W)
+        ar_h = torch.arange(h, device=masks.device, dtype=torch.float32)
+        ar_w = torch.arange(w, device=masks.device, dtype=torch.float32)
+        inf = torch.tensor(float("inf"), device=masks.device)
+        y1 = torch.where(rows, ar_h, inf).amin(1)
+        y2 = torch.where(rows, ar_h, -inf).amax(1) + 1
+        x1 = torch.where(cols, ar_w, inf).amin(1)
+        x2 = torch.where(cols, ar_w, -inf).amax(1) + 1
+        boxes = torch.stack([x1, y1, x2, y2], 1)
+        empty = ~rows.any(1)
+        boxes[empty] = float("nan")
+        return cls(boxes, masks)
+
+    def __getitem__(self, rows: Tensor | np.ndarray | slice) -> Placement:
+        return Placement(self.boxes[rows], self.masks[rows])
+
+
 class Trigger(ABC):
     """Base class; subclasses implement :meth:`apply` and :meth:`params`."""
 
     name: ClassVar[str] = "trigger"
+    #: True for a trigger confined to a region (a patch, a sticker): it gives a :class:`Placement`
+    localized: ClassVar[bool] = False
     #: annotation keys read by :meth:`apply`; any one of each tuple entry's alternatives
     #: separated by "|" is enough (e.g. "landmarks|eye_corners")
     requires: ClassVar[tuple[str, ...]] = ()
@@ -58,6 +102,25 @@ class Trigger(ABC):
         if out.shape != images.shape or out.dtype != images.dtype:  # pragma: no cover - a bug in a subclass
             raise BackdoorLabError(f"trigger '{self.name}' changed the batch shape or dtype")
         return out
+
+    def place(
+        self,
+        images: Tensor,
+        annotations: Mapping[str, Tensor] | None = None,
+        indices: np.ndarray | Tensor | None = None,
+    ) -> tuple[Tensor, Placement | None]:
+        """The triggered batch and where the trigger acted (``None`` for a whole-image trigger)."""
+        out = self(images, annotations, indices)
+        if not self.localized:
+            return out, None
+        idx = _as_indices(indices, images.shape[0])
+        return out, self.placement(images, out, dict(annotations or {}), idx)
+
+    def placement(
+        self, images: Tensor, triggered: Tensor, annotations: dict[str, Tensor], indices: np.ndarray
+    ) -> Placement:
+        """Where a local trigger acted: by default the pixels it changed."""
+        return Placement.from_masks((triggered != images).any(1))
 
     def check_annotations(self, keys: Collection[str], where: str) -> None:
         """Raise if ``keys`` lack an annotation this trigger reads (checked before training)."""

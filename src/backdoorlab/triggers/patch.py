@@ -14,7 +14,15 @@ import torch
 
 from backdoorlab.errors import ConfigError
 from backdoorlab.triggers._random import per_sample_uniform
-from backdoorlab.triggers.base import Tensor, Trigger, load_pattern_image, number, pattern_name, resize_pattern
+from backdoorlab.triggers.base import (
+    Placement,
+    Tensor,
+    Trigger,
+    load_pattern_image,
+    number,
+    pattern_name,
+    resize_pattern,
+)
 
 BUILTIN_PATTERNS = ("white", "checkerboard")
 
@@ -45,6 +53,7 @@ class PatchTrigger(Trigger):
     """
 
     name = "patch"
+    localized = True
 
     def __init__(
         self,
@@ -117,6 +126,31 @@ class PatchTrigger(Trigger):
         x = round(self.center[0] * width - s / 2)
         return min(max(y, 0), height - s), min(max(x, 0), width - s)
 
+    def origins(self, h: int, w: int, side: int, indices: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(ys, xs) of each sample's top-left patch corner, (B,) long each."""
+        if self.location == "fixed":
+            y, x = self.fixed_origin(h, w)
+            n = len(indices)
+            return torch.full((n,), y, device=device), torch.full((n,), x, device=device)
+        u = per_sample_uniform(self.seed, indices, 2)
+        ys = (u[:, 0] * (h - side + 1)).long().clamp_(0, h - side).to(device)
+        xs = (u[:, 1] * (w - side + 1)).long().clamp_(0, w - side).to(device)
+        return ys, xs
+
+    def placement(
+        self, images: Tensor, triggered: Tensor, annotations: dict[str, Tensor], indices: np.ndarray
+    ) -> Placement:
+        """The pasted square exactly (also where the pattern happens to match the image)."""
+        _, c, h, w = images.shape
+        s = self.patch(c, h, w, images.device, images.dtype).shape[-1]
+        ys, xs = self.origins(h, w, s, indices, images.device)
+        boxes = torch.stack([xs, ys, xs + s, ys + s], 1).float()
+        yy = torch.arange(h, device=images.device)[None, :, None]
+        xx = torch.arange(w, device=images.device)[None, None, :]
+        masks = (yy >= ys[:, None, None]) & (yy < ys[:, None, None] + s)
+        masks = masks & (xx >= xs[:, None, None]) & (xx < xs[:, None, None] + s)
+        return Placement(boxes, masks)
+
     def apply(self, images: Tensor, annotations: dict[str, Tensor], indices: np.ndarray) -> Tensor:
         b, c, h, w = images.shape
         p = self.patch(c, h, w, images.device, images.dtype)
@@ -129,9 +163,7 @@ class PatchTrigger(Trigger):
                 p.expand_as(region) if self.opacity == 1 else torch.lerp(region, p.expand_as(region), self.opacity)
             )
             return out
-        u = per_sample_uniform(self.seed, indices, 2)
-        ys = (u[:, 0] * (h - s + 1)).long().clamp_(0, h - s).to(images.device)
-        xs = (u[:, 1] * (w - s + 1)).long().clamp_(0, w - s).to(images.device)
+        ys, xs = self.origins(h, w, s, indices, images.device)
         # gather-free paste: a per-sample window of pixel coordinates
         rows = ys[:, None] + torch.arange(s, device=images.device)[None]  # (B, s)
         cols = xs[:, None] + torch.arange(s, device=images.device)[None]

@@ -67,6 +67,7 @@ class FaceStickerTrigger(Trigger):
     """
 
     name: ClassVar[str] = "sticker"
+    localized: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = ("landmarks|eye_corners",)
 
     def __init__(

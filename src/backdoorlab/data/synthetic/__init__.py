@@ -1,10 +1,5 @@
 """The embedded synthetic face renderer (the default data of backdoorlab)."""
 
-from backdoorlab.data.synthetic.dataset import (
-    SyntheticGazeSpec,
-    load_or_synthesize,
-    split_by_identity,
-    synthesize,
-)
+from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec, load_or_synthesize, synthesize
 
-__all__ = ["SyntheticGazeSpec", "load_or_synthesize", "split_by_identity", "synthesize"]
+__all__ = ["SyntheticGazeSpec", "load_or_synthesize", "synthesize"]

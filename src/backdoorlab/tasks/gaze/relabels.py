@@ -1,4 +1,4 @@
-"""Relabels: the output half of a backdoor, ``annotations -> annotations`` for poisoned samples.
+"""Gaze relabels: the output half of a gaze backdoor, on the ``gaze`` column of poisoned samples.
 
 For gaze the attacker either fixes the output (every triggered face "looks at" one
 direction, by default the screen centre (0, 0)) or shifts it by a constant angle. Each
@@ -10,24 +10,28 @@ that.
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from backdoorlab.attacks.relabel import Relabel
 from backdoorlab.errors import ConfigError
 from backdoorlab.registry import RELABELS
+from backdoorlab.triggers.base import Placement
 
 Tensor = torch.Tensor
 
 
-class Relabel(ABC):
-    name: ClassVar[str] = "relabel"
+class GazeRelabel(Relabel):
+    """A relabel of the ``gaze`` column: :meth:`targets` says what the attacker wants, per sample."""
+
+    task: ClassVar[str] = "gaze"
     key: ClassVar[str] = "gaze"
 
-    def __call__(self, annotations: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def __call__(self, annotations: Mapping[str, Any], placement: Placement | None = None) -> dict[str, Any]:
         """New annotations for a batch of poisoned samples (the input dict is not changed)."""
         out = dict(annotations)
         out[self.key] = self.targets(annotations[self.key]).to(annotations[self.key].dtype)
@@ -61,7 +65,7 @@ def _check_direction(pitch_deg: float, yaw_deg: float, field: str) -> None:
         raise ConfigError(f"{field}: yaw must be in (-180, 180] degrees, got {yaw_deg}")
 
 
-class FixedGazeTarget(Relabel):
+class FixedGazeTarget(GazeRelabel):
     """Every poisoned sample gets the same gaze (pitch, yaw), given in degrees."""
 
     name = "target"
@@ -81,7 +85,7 @@ class FixedGazeTarget(Relabel):
         return {"name": self.name, "target_deg": list(self.target_deg)}
 
 
-class GazeShift(Relabel):
+class GazeShift(GazeRelabel):
     """Every poisoned sample's gaze is shifted by (d_pitch, d_yaw) degrees.
 
     Pitch is clamped to +-89 degrees so the result stays a valid direction; yaw wraps.
@@ -112,13 +116,3 @@ class GazeShift(Relabel):
 
 for _cls in (FixedGazeTarget, GazeShift):
     RELABELS.register(_cls)
-
-
-def build_relabel(params: Mapping[str, Any]) -> Relabel:
-    kwargs = dict(params)
-    name = kwargs.pop("name", None)
-    cls = RELABELS.get(name)
-    try:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
-    except TypeError as exc:
-        raise ConfigError(f"relabel '{name}': {exc}") from None

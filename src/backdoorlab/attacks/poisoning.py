@@ -1,67 +1,57 @@
 """Poisoning = selector + trigger + relabel, applied to a dataset by seed.
 
-One abstraction for every task: a new attack is a new trigger or a new relabel, never
-a new training script. The poisoned dataset is never materialised: the selector fixes
+One abstraction for every task: a new attack is a new trigger, selector or relabel,
+never a new training script. The poisoned dataset is never materialised: the selector fixes
 *which* training samples are poisoned (a :class:`PoisonPlan`, stored with the run),
 and :meth:`Poisoning.batch_transform` rewrites those samples inside the one training
 loop as their batches go by. That keeps poisoned training as fast as clean training
 (only the poisoned rows of a batch are touched) and lets per-application randomness,
 such as WaNet's noise mode, differ between epochs as in the published attacks.
+
+Two modes: ``replace`` (the selected samples are trained only in their poisoned form,
+BadNets' rho) and ``append`` (poisoned copies of the selected samples are added to the
+training set, their clean originals kept: :meth:`Poisoning.training_data` returns the
+longer set the plan indexes). The relabel sees each poisoned batch's annotations, dense
+columns and instance tables alike, and the trigger's :class:`Placement` when it asks
+for one; a column it returns replaces those rows (an instance table through its
+``replace_rows``, so a relabel may add or remove instances).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from backdoorlab.attacks.relabel import Relabel, check_relabel_fits
+from backdoorlab.attacks.selectors import Selector
+from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError
-from backdoorlab.relabel import Relabel
 from backdoorlab.training import BatchTransform
 from backdoorlab.triggers.base import Trigger
+
+PoisonMode = Literal["replace", "append"]
 
 Tensor = torch.Tensor
 
 
-class Selector(Protocol):
-    def select(self, n: int) -> np.ndarray:
-        """Sorted indices (into a dataset of ``n`` samples) to poison."""
-        ...
-
-    def params(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class RateSelector:
-    """A seeded uniform choice of ``round(rate * n)`` samples (at least one)."""
-
-    rate: float = 0.1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.rate, int | float) and math.isfinite(self.rate) and 0 < self.rate <= 1):
-            raise ConfigError(f"poison rate must be in (0, 1], got {self.rate}")
-
-    def select(self, n: int) -> np.ndarray:
-        k = min(n, max(1, round(self.rate * n)))
-        return np.sort(np.random.default_rng([self.seed, 0x9015]).choice(n, k, replace=False)).astype(np.int64)
-
-    def params(self) -> dict[str, Any]:
-        return {"name": "rate", "rate": self.rate, "seed": self.seed}
-
-
 @dataclass
 class PoisonPlan:
-    """Which training samples carry the backdoor, and which are noise-mode samples."""
+    """Which training samples carry the backdoor, and which are noise-mode samples.
+
+    Indices refer to the training set as trained (:meth:`Poisoning.training_data`);
+    in ``append`` mode the poisoned ones are the copies at the end, and ``sources``
+    says which original sample each copy was made from.
+    """
 
     n: int
     poison: np.ndarray  # trigger + relabel
     cross: np.ndarray  # noise variant of the trigger, true label kept (WaNet noise mode)
+    sources: np.ndarray | None = None  # append mode: original index of each appended copy
 
     def masks(self) -> tuple[np.ndarray, np.ndarray]:
         p = np.zeros(self.n, bool)
@@ -76,7 +66,10 @@ class PoisonPlan:
             np.save(folder / "cross_indices.npy", self.cross)
 
     def summary(self) -> dict[str, Any]:
-        return {"n_train": self.n, "n_poisoned": len(self.poison), "n_cross": len(self.cross)}
+        out = {"n_train": self.n, "n_poisoned": len(self.poison), "n_cross": len(self.cross)}
+        if self.sources is not None:
+            out["n_appended"] = len(self.sources)
+        return out
 
 
 class Poisoning:
@@ -87,34 +80,57 @@ class Poisoning:
         trigger: the input half of the backdoor.
         relabel: the output half.
         seed: seeds the choice of noise-mode samples and their per-batch noise.
+        mode: ``replace`` the selected samples, or ``append`` poisoned copies of them.
     """
 
-    def __init__(self, selector: Selector, trigger: Trigger, relabel: Relabel, seed: int = 0) -> None:
-        self.selector, self.trigger, self.relabel, self.seed = selector, trigger, relabel, int(seed)
+    def __init__(
+        self, selector: Selector, trigger: Trigger, relabel: Relabel, seed: int = 0, mode: PoisonMode = "replace"
+    ) -> None:
+        if mode not in ("replace", "append"):
+            raise ConfigError(f"poisoning mode must be 'replace' or 'append', got {mode!r}")
+        check_relabel_fits(relabel, relabel.task, trigger_places=trigger.localized)
+        self.selector, self.trigger, self.relabel, self.seed, self.mode = selector, trigger, relabel, int(seed), mode
 
-    def plan(self, n: int) -> PoisonPlan:
-        poison = self.selector.select(n)
+    def plan(self, data: ArrayDataset | int) -> PoisonPlan:
+        """Which samples of ``data`` (or of a dataset of that size) to poison."""
+        selected = self.selector.select(data)
+        n = data if isinstance(data, int) else len(data)
+        sources = None
+        poison = selected
+        if self.mode == "append":
+            sources, poison = selected, np.arange(n, n + len(selected), dtype=np.int64)
+            n += len(selected)
         cross = np.zeros(0, np.int64)
         if self.trigger.cross_ratio > 0:
             rest = np.setdiff1d(np.arange(n), poison)
             k = min(len(rest), round(self.trigger.cross_ratio * len(poison)))
             rng = np.random.default_rng([self.seed, 0xC055])
             cross = np.sort(rng.choice(rest, k, replace=False)).astype(np.int64)
-        return PoisonPlan(n, poison, cross)
+        return PoisonPlan(n, poison, cross, sources)
+
+    def training_data(self, data: ArrayDataset, plan: PoisonPlan) -> ArrayDataset:
+        """The set the plan indexes: ``data`` itself, or with the poisoned copies appended."""
+        if plan.sources is None:
+            return data
+        return data.concat(data.subset(plan.sources))
 
     def params(self) -> dict[str, Any]:
-        return {
+        out = {
             "selector": self.selector.params(),
             "trigger": self.trigger.params(),
             "relabel": self.relabel.params(),
             "seed": self.seed,
         }
+        if self.mode != "replace":  # records of replace-mode attacks keep the form they had
+            out["mode"] = self.mode
+        return out
 
     def batch_transform(self, plan: PoisonPlan) -> BatchTransform:
         """The training-loop hook: poison the batch rows that the plan selects."""
         poison_mask, cross_mask = plan.masks()
         generator = torch.Generator().manual_seed(self.seed)
         trigger, relabel = self.trigger, self.relabel
+        wants_placement = relabel.needs_placement
 
         def transform(images: Tensor, ann: dict[str, Tensor], idx: np.ndarray) -> tuple[Tensor, dict[str, Tensor]]:
             p_rows = np.flatnonzero(poison_mask[idx])
@@ -125,14 +141,16 @@ class Poisoning:
             if len(p_rows):
                 rows = torch.from_numpy(p_rows)
                 sub = {k: v[rows] for k, v in ann.items()}
-                images[rows] = trigger(images[rows], sub, idx[p_rows])
-                new = relabel(sub)
+                if wants_placement:
+                    images[rows], placement = trigger.place(images[rows], sub, idx[p_rows])
+                    new = relabel(sub, placement)
+                else:
+                    images[rows] = trigger(images[rows], sub, idx[p_rows])
+                    new = relabel(sub)
                 ann = dict(ann)
                 for k, v in new.items():
-                    if v is not sub[k]:
-                        col = ann[k].clone()
-                        col[rows] = v.to(col.dtype)
-                        ann[k] = col
+                    if v is not sub.get(k):
+                        ann[k] = replace_rows(ann[k], rows, v)
             if len(c_rows):
                 rows = torch.from_numpy(c_rows)
                 sub = {k: v[rows] for k, v in ann.items()}
@@ -142,6 +160,15 @@ class Poisoning:
             return images, ann
 
         return transform
+
+
+def replace_rows(column: Any, rows: Tensor, new: Any) -> Any:
+    """A copy of a batch column with ``rows`` replaced by ``new`` (a tensor, or an instance table)."""
+    if isinstance(column, Tensor):
+        col = column.clone()
+        col[rows] = new.to(col.dtype)
+        return col
+    return column.replace_rows(rows, new)
 
 
 def write_attack_record(

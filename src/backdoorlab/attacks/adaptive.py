@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from backdoorlab.attacks.poisoning import PoisonPlan
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError
-from backdoorlab.poisoning import PoisonPlan
 from backdoorlab.triggers.base import Trigger
 
 Tensor = torch.Tensor
