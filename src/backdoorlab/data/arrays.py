@@ -260,7 +260,8 @@ def compute_fingerprint(
     for name, arr in items:
         a = np.ascontiguousarray(arr)
         h.update(f"{name}:{a.dtype}:{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
+        if a.size:  # an empty array has no bytes (and memoryview refuses to cast a zero-sized shape)
+            h.update(memoryview(a).cast("B"))
     return h.hexdigest()[:16]
 
 
