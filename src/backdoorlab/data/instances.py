@@ -431,18 +431,17 @@ class InstanceBatch:
         """Collate per-image dicts (the inverse of :meth:`per_sample`).
 
         The columns are those of the first sample unless ``schema`` is given, which an
-        empty list needs (there is nothing to take the columns from).
+        empty list needs (there is nothing to take the columns from); its dtypes are
+        used only when no sample has columns, the tensors' own dtypes otherwise.
         """
         if schema is None:
             if not samples:
                 raise DatasetError("from_samples of no images needs a schema to know the columns")
             schema = _schema_of(samples[0])
-        keys = list(schema)
-        counts = _counts_of(samples, keys)
+        counts = _counts_of(samples, list(schema))
+        filled = [s for s in samples if s]
         columns = {
-            k: torch.cat([s[k] for s in samples if s])
-            if any(samples)
-            else torch.from_numpy(np.zeros((0, *shape), np.dtype(dt)))
+            k: torch.cat([s[k] for s in filled]) if filled else torch.from_numpy(np.zeros((0, *shape), np.dtype(dt)))
             for k, (dt, shape) in schema.items()
         }
         return cls(torch.from_numpy(_offsets_from_counts(counts)), columns)
