@@ -23,6 +23,16 @@ key             shape/dtype   meaning
 
 Only ``gaze`` and ``identity`` are required for gaze training; loaders of real data
 fill what their release provides.
+
+Beside the dense columns a dataset may hold an :class:`~backdoorlab.data.instances.InstanceTable`
+(``instances=``): a variable number of faces per image (boxes, 5 landmarks with
+visibility, labels; schema and coordinate conventions in
+:mod:`backdoorlab.data.instances`). A batch then carries an
+:class:`~backdoorlab.data.instances.InstanceBatch` under ``ann["instances"]`` and one
+sample a dict of that image's instance tensors. On disk the table is
+``inst_offsets.npy`` plus ``inst_<column>.npy`` and an ``"instances"`` entry in
+``meta.json``; a dataset without instances has exactly the files, meta.json and
+fingerprint it had before instance tables existed.
 """
 
 from __future__ import annotations
@@ -39,11 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from backdoorlab.data._npy import check_key, load_npy
+from backdoorlab.data.instances import InstanceBatch, InstanceTable
 from backdoorlab.errors import DatasetError
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 IMAGES_FILE = "images.npy"
+INSTANCES_KEY = "instances"  # the annotation key a batch carries instances under, and the meta.json entry
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -63,15 +76,17 @@ def tensor_to_images(t: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class ArrayDataset:
-    """Images (uint8, N x H x W x C) plus a dict of per-sample annotation arrays.
+    """Images (uint8, N x H x W x C), a dict of per-sample annotation arrays, optional instances.
 
     ``__getitem__`` follows the project-wide contract (a float CHW image in [0, 1] and
-    a dict of tensors); :meth:`batch` is the fast path the training loop uses.
+    a dict of tensors; with instances, ``ann["instances"]`` is a dict of that image's
+    instance tensors); :meth:`batch` is the fast path the training loop uses.
     """
 
     images: np.ndarray
     annotations: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    instances: InstanceTable | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -82,6 +97,13 @@ class ArrayDataset:
         for key, arr in self.annotations.items():
             if len(arr) != n:
                 raise DatasetError(f"annotation '{key}' has {len(arr)} rows but there are {n} images")
+        if self.instances is not None:
+            if not isinstance(self.instances, InstanceTable):
+                raise DatasetError(f"instances must be an InstanceTable, got {type(self.instances).__name__}")
+            if len(self.instances) != n:
+                raise DatasetError(f"instances cover {len(self.instances)} images but there are {n} images")
+            if INSTANCES_KEY in self.annotations:
+                raise DatasetError(f"a dense annotation may not be called {INSTANCES_KEY!r} when instances are present")
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -93,12 +115,16 @@ class ArrayDataset:
         _, h, w, c = self.images.shape
         return (int(c), int(h), int(w))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
         img, ann = self.batch(np.asarray([i]))
-        return img[0], {k: v[0] for k, v in ann.items()}
+        return img[0], {k: v[0] for k, v in ann.items()}  # InstanceBatch[0] is the image's dict
 
-    def batch(self, indices: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Images as float (B, C, H, W) and annotations as tensors, for these indices."""
+    def batch(self, indices: np.ndarray | Sequence[int]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Images as float (B, C, H, W) and annotations as tensors, for these indices.
+
+        With instances, ``ann["instances"]`` is an :class:`InstanceBatch` (copies, never
+        views of the dataset); the dense columns are exactly as without.
+        """
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) > 1 and np.all(np.diff(idx) == 1):
             sl = slice(int(idx[0]), int(idx[-1]) + 1)  # contiguous: a view, no gather
@@ -107,11 +133,14 @@ class ArrayDataset:
             imgs, ann = self.images[sl], {k: np.array(v[sl]) for k, v in self.annotations.items()}
         else:
             imgs, ann = self.images[idx], {k: v[idx] for k, v in self.annotations.items()}
-        return images_to_tensor(imgs), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ann.items()}
+        out: dict[str, Any] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ann.items()}
+        if self.instances is not None:
+            out[INSTANCES_KEY] = InstanceBatch.from_table(self.instances.gather(idx))
+        return images_to_tensor(imgs), out
 
     def iter_batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
-    ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    ) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
         """Yield batches in order, or in a seeded permutation."""
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
@@ -126,21 +155,23 @@ class ArrayDataset:
             np.ascontiguousarray(self.images[idx]),
             {k: np.ascontiguousarray(v[idx]) for k, v in self.annotations.items()},
             meta,
+            instances=None if self.instances is None else self.instances.gather(idx),
         )
 
     def require(self, *keys: str) -> None:
-        """Raise a clear error if an annotation the caller needs is absent."""
-        missing = [k for k in keys if k not in self.annotations]
+        """Raise a clear error if an annotation the caller needs is absent (``"instances"`` included)."""
+        have = set(self.annotations) | ({INSTANCES_KEY} if self.instances is not None else set())
+        missing = [k for k in keys if k not in have]
         if missing:
             name = self.meta.get("name", "dataset")
-            raise DatasetError(f"{name} lacks annotation(s) {missing}; it has {sorted(self.annotations)}")
+            raise DatasetError(f"{name} lacks annotation(s) {missing}; it has {sorted(have)}")
 
     # ---------------------------------------------------------------- identity
     @property
     def fingerprint(self) -> str:
-        """SHA-256 over the images and annotations (cached in ``meta``)."""
+        """SHA-256 over the images, annotations and instances (cached in ``meta``)."""
         if "fingerprint" not in self.meta:
-            self.meta["fingerprint"] = compute_fingerprint(self.images, self.annotations)
+            self.meta["fingerprint"] = compute_fingerprint(self.images, self.annotations, self.instances)
         return str(self.meta["fingerprint"])
 
     # -------------------------------------------------------------------- disk
@@ -155,9 +186,12 @@ class ArrayDataset:
         tmp.mkdir(parents=True)
         np.save(tmp / IMAGES_FILE, np.ascontiguousarray(self.images))
         for key, arr in self.annotations.items():
-            _check_key(key)
+            check_key(key)
             np.save(tmp / f"ann_{key}.npy", np.ascontiguousarray(arr))
         meta = dict(self.meta)
+        meta.pop(INSTANCES_KEY, None)  # reserved: describes the files below, never stale user data
+        if self.instances is not None:
+            meta[INSTANCES_KEY] = self.instances.save(tmp)
         meta.update(
             format_version=FORMAT_VERSION,
             n=len(self),
@@ -191,10 +225,10 @@ class ArrayDataset:
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{meta_path} is not valid JSON: {exc}") from exc
         mode = "r" if mmap else None
-        images = _load_npy(d / IMAGES_FILE, mode)
+        images = load_npy(d / IMAGES_FILE, mode)
         annotations: dict[str, np.ndarray] = {}
         for key, (dtype, shape) in meta.get("annotations", {}).items():
-            arr = _load_npy(d / f"ann_{key}.npy", mode)
+            arr = load_npy(d / f"ann_{key}.npy", mode)
             if str(arr.dtype) != dtype or list(arr.shape[1:]) != list(shape):
                 raise DatasetError(
                     f"{d / f'ann_{key}.npy'}: expected {dtype} {shape} per sample, "
@@ -203,31 +237,32 @@ class ArrayDataset:
             annotations[key] = arr
         if len(images) != meta.get("n"):
             raise DatasetError(f"{d / IMAGES_FILE}: meta.json says {meta.get('n')} images, file has {len(images)}")
-        return cls(images, annotations, meta)
+        instances = None
+        if INSTANCES_KEY in meta:
+            instances = InstanceTable.load(d, meta[INSTANCES_KEY], len(images), mode)
+        return cls(images, annotations, meta, instances=instances)
 
 
-def compute_fingerprint(images: np.ndarray, annotations: Mapping[str, np.ndarray]) -> str:
-    """Content hash: identical data gives an identical fingerprint, whatever its origin."""
+def compute_fingerprint(
+    images: np.ndarray, annotations: Mapping[str, np.ndarray], instances: InstanceTable | None = None
+) -> str:
+    """Content hash: identical data gives an identical fingerprint, whatever its origin.
+
+    Instances are hashed after the dense arrays and only when present, under names
+    with a ``:`` (which no annotation key may contain), so a dataset without instances
+    keeps the fingerprint it always had.
+    """
     h = hashlib.sha256()
-    for name, arr in [("images", images), *sorted(annotations.items())]:
+    items: list[tuple[str, np.ndarray]] = [("images", images), *sorted(annotations.items())]
+    if instances is not None:
+        items += [("instances:offsets", instances.offsets)]
+        items += [(f"instances:{k}", v) for k, v in sorted(instances.columns.items())]
+    for name, arr in items:
         a = np.ascontiguousarray(arr)
         h.update(f"{name}:{a.dtype}:{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
+        if a.size:  # an empty array has no bytes (and memoryview refuses to cast a zero-sized shape)
+            h.update(memoryview(a).cast("B"))
     return h.hexdigest()[:16]
-
-
-def _check_key(key: str) -> None:
-    if not key.replace("_", "").isalnum():
-        raise DatasetError(f"annotation key {key!r} must be alphanumeric/underscore")
-
-
-def _load_npy(path: Path, mmap_mode: str | None) -> np.ndarray:
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing")
-    try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DatasetError(f"{path} is truncated or not a .npy array: {exc}") from exc
 
 
 def load_dataset(directory: str | os.PathLike[str], mmap: bool = True) -> ArrayDataset:
