@@ -158,6 +158,23 @@ class ArrayDataset:
             instances=None if self.instances is None else self.instances.gather(idx),
         )
 
+    def concat(self, other: ArrayDataset) -> ArrayDataset:
+        """A new in-memory dataset: these samples, then ``other``'s (same image shape and annotations)."""
+        if self.images.shape[1:] != other.images.shape[1:] or self.annotations.keys() != other.annotations.keys():
+            raise DatasetError(
+                f"cannot concatenate datasets of images {self.images.shape[1:]} / {other.images.shape[1:]} "
+                f"and annotations {sorted(self.annotations)} / {sorted(other.annotations)}"
+            )
+        if (self.instances is None) != (other.instances is None):
+            raise DatasetError("cannot concatenate a dataset with per-image instances and one without")
+        meta = {k: v for k, v in self.meta.items() if k != "fingerprint"}
+        return ArrayDataset(
+            np.concatenate([self.images, other.images]),
+            {k: np.concatenate([v, other.annotations[k]]) for k, v in self.annotations.items()},
+            meta,
+            instances=None if self.instances is None else self.instances.concat(other.instances),  # type: ignore[arg-type]
+        )
+
     def require(self, *keys: str) -> None:
         """Raise a clear error if an annotation the caller needs is absent (``"instances"`` included)."""
         have = set(self.annotations) | ({INSTANCES_KEY} if self.instances is not None else set())

@@ -222,6 +222,13 @@ class InstanceTable:
         new, flat = _select(self.offsets, _positions(indices, len(self)))
         return InstanceTable(new, {k: np.asarray(v[flat]) for k, v in self.columns.items()})
 
+    def concat(self, other: InstanceTable) -> InstanceTable:
+        """The images of ``self`` then those of ``other`` (same columns required)."""
+        if self.schema() != other.schema():
+            raise DatasetError(f"cannot concatenate instance tables with columns {self.schema()} and {other.schema()}")
+        offsets = np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]])
+        return InstanceTable(offsets, {k: np.concatenate([v, other.columns[k]]) for k, v in self.columns.items()})
+
     def equals(self, other: InstanceTable) -> bool:
         """Same offsets, same columns with the same dtypes, shapes and values (NaN equal to NaN)."""
         return (
