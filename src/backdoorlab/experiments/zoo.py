@@ -12,7 +12,7 @@ one whose target moves with the input; those are reported in groups of their own
 Everything comes from a :class:`ResultsStore` through its API: the runs, and the
 verdicts and repairs kept there, keyed by the defence's settings, so a bench over a
 zoo resumes from what it already concluded (see :func:`settings_match`). The zoo never
-names a task: what a task estimates about a backdoor (a gaze target, a box) travels as
+names a task: what a task estimates about a backdoor (a target output, a box) travels as
 an opaque ``estimates`` dict, and the only task-specific number it reports, how far a
 detector's estimate lies from the real target, is computed by a function the caller
 hands in.
