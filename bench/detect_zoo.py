@@ -7,11 +7,13 @@ Protocol. Clean models with seeds 0-4 are *reference* models: each method calibr
 threshold on them (``Detector.fit``, at most 10% of references flagged). Every other model
 (clean seeds 5-9 and all backdoored ones) is *evaluated*. Each method gets the same
 defender clean set: ``--n-clean`` images of the run's test split (identities never seen
-in training). Per model the verdict is cached in ``RUN/defence/<method>/verdict.json``,
-so an interrupted bench resumes. Reported per method, overall and per attack type
-(clean evaluation models against that type's backdoored models): AUROC, TPR at FPR <= 0.1,
-accuracy at the calibrated threshold, the angle between the estimated and the real target
-on detected models, and detection seconds as a fraction of the model's training time
+in training). Per model the verdict is kept in the zoo's results store (its ``verdicts``
+table, keyed by the method's settings), so an interrupted bench resumes; a verdict cached
+by an older bench in ``RUN/defence/<method>/verdict.json`` is taken into the store.
+Reported per method, overall and per attack type (clean evaluation models against that
+type's backdoored models; the zoo's rules, ``backdoorlab.experiments.zoo``): AUROC, TPR at
+FPR <= 0.1, accuracy at the calibrated threshold, the angle between the estimated and the
+real target on detected models, and detection seconds as a fraction of the model's training time
 (same thread count: the zoo trains and this bench inspects one model per core).
 
 Output: ``bench/results/detect_zoo.json`` and a table. Another zoo (``--store``, e.g. the
@@ -25,21 +27,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import RESULTS, write_result  # noqa: E402
 
-from backdoorlab.report.zoo_report import write_zoo_report  # noqa: E402
+from backdoorlab.errors import BackdoorLabError  # noqa: E402
+from backdoorlab.experiments.zoo import (  # noqa: E402
+    ScoredModel,
+    Zoo,
+    ZooEvaluation,
+    ZooModel,
+    ZooRules,
+    ZooVerdict,
+    settings_match,
+)
+from backdoorlab.experiments.zoo_illustrations import real_trigger_examples  # noqa: E402
+from backdoorlab.report.zoo_report import load_results, write_zoo_report  # noqa: E402
 
 REFERENCE_SEEDS = tuple(range(5))  # clean seeds that calibrate (--reference-seeds)
 # name in the tables -> (detector, the settings this bench runs it with; CPU-sized)
@@ -73,172 +84,139 @@ BEFORE_IT_EXISTED: dict[str, Any] = {
 }
 
 
-def zoo_runs(store: Path) -> list[dict[str, Any]]:
-    """Complete zoo runs: folder, seed, attack type, real target, training seconds."""
-    con = sqlite3.connect(store)
-    out = []
-    for run_dir, cfg_json, metrics_json in con.execute(
-        "select run_dir, config_json, metrics_json from runs where status = 'complete' order by created"
-    ):
-        cfg, metrics = json.loads(cfg_json), json.loads(metrics_json or "{}")
-        attack = cfg.get("attack")
-        relabel = (attack or {}).get("relabel", {})
-        out.append(
-            {
-                "run_dir": run_dir,
-                "seed": cfg["seed"],
-                "attack": attack["trigger"]["name"] if attack else "clean",
-                "relabel": relabel.get("name"),
-                "target_deg": relabel.get("target_deg"),
-                "train_seconds": metrics.get("train_seconds"),
-                "attack_success_rate": metrics.get("attack_success_rate"),
-                "adaptive": bool((attack or {}).get("adaptive")),
-            }
-        )
-    return out
-
-
-def reference_runs(store: Path, reference_seeds: tuple[int, ...]) -> list[dict[str, Any]]:
-    """The reference clean models of another zoo, to calibrate on (a held-out zoo has no references of its own)."""
-    if not store.is_file():
-        sys.exit(f"{store} not found: build that zoo first")
-    refs = [r for r in zoo_runs(store) if is_reference(r, reference_seeds)]
-    if not refs:
-        sys.exit(f"{store} has no complete clean model with a reference seed ({', '.join(map(str, reference_seeds))})")
-    return refs
-
-
-def inspect_one(name: str, run_dir: str, n_clean: int) -> dict[str, Any]:
-    """Verdict of one model (cached in ``RUN/defence/NAME/`` while the settings match)."""
-    import torch
-
-    torch.set_num_threads(1)
-    from backdoorlab.experiments.defend import build_detector, detect_run
-
-    method, params = BENCH_METHODS[name]
-    folder = Path(run_dir) / "defence" / name
-    cached = folder / "verdict.json"
-    if cached.is_file():
-        v = json.loads(cached.read_text())
-        current = build_detector(method, params, "cpu").params()
-        defaults = build_detector(method, {}, "cpu").params()
-        if cache_matches(v["details"]["params"], current, defaults) and v["details"]["n_clean"] == n_clean:
-            return v
-    verdict, _ = detect_run(Path(run_dir), method, n_clean, params, device="cpu", out_dir=folder)
-    return verdict.to_json()
+# the fields of a verdict's JSON that every detector has; the others are the task's estimates
+VERDICT_FIELDS = ("method", "backdoored", "score", "threshold", "seconds", "details")
 
 
 def cache_matches(cached: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> bool:
-    """Whether a verdict made with ``cached`` settings is one the ``current`` settings would make.
+    """Whether a verdict made with ``cached`` settings is one the ``current`` settings would make
+    (:func:`backdoorlab.experiments.zoo.settings_match` with this bench's :data:`BEFORE_IT_EXISTED`)."""
+    return settings_match(cached, current, defaults, BEFORE_IT_EXISTED)
 
-    Every setting is compared (so changing a method's default invalidates the cache), except
-    the device; a setting the method gained after the verdict was made counts at the value
-    that reproduces the old behaviour: :data:`BEFORE_IT_EXISTED`, else its default.
-    """
-    flat_cached, flat_current, flat_defaults = _flatten(cached), _flatten(current), _flatten(defaults)
-    return all(
-        flat_cached.get(k, BEFORE_IT_EXISTED.get(k.rsplit(".", 1)[-1], flat_defaults.get(k))) == v
-        for k, v in flat_current.items()
-        if k.rsplit(".", 1)[-1] != "device"
+
+def settings(detector: str, params: Mapping[str, Any], n_clean: int) -> dict[str, Any]:
+    """What a verdict depends on: every setting of the detector, and the size of the defender's clean set."""
+    from backdoorlab.experiments.defend import build_detector
+
+    return {"params": build_detector(detector, dict(params), "cpu").params(), "n_clean": n_clean}
+
+
+def from_verdict_json(v: Mapping[str, Any]) -> ZooVerdict:
+    """A zoo verdict from ``Verdict.to_json()`` (fresh, or cached in a run folder by an older bench)."""
+    details = v.get("details") or {}
+    return ZooVerdict(
+        score=v["score"],
+        seconds=v.get("seconds"),
+        estimates={k: x for k, x in v.items() if k not in VERDICT_FIELDS},
+        threshold=v.get("threshold"),
+        backdoored=v.get("backdoored"),
+        settings={"params": details.get("params", {}), "n_clean": details.get("n_clean")},
+        details=details,
     )
 
 
-def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings (a mitigator's detector and fine-tuning) as one level of dotted keys."""
-    out: dict[str, Any] = {}
-    for k, v in settings.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+def detect_one(name: str, run_dir: str, n_clean: int) -> dict[str, Any]:
+    """Inspect one model in a worker process; its verdict (and reversed-trigger images) go to ``RUN/defence/NAME/``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from backdoorlab.experiments.defend import detect_run
+
+    method, params = BENCH_METHODS[name]
+    verdict, _ = detect_run(
+        Path(run_dir), method, n_clean, params, device="cpu", out_dir=Path(run_dir) / "defence" / name
+    )
+    return verdict.to_json()
+
+
+def folder_verdict(model: ZooModel, name: str, current: dict[str, Any], defaults: dict[str, Any]) -> ZooVerdict | None:
+    """A matching verdict an older bench cached in the run folder, if any."""
+    path = Path(model.run_dir) / "defence" / name / "verdict.json"
+    if not path.is_file():
+        return None
+    verdict = from_verdict_json(json.loads(path.read_text()))
+    return verdict if cache_matches(dict(verdict.settings), current, defaults) else None
+
+
+def inspect(zoo: Zoo, name: str, n_clean: int, pool: Executor) -> dict[str, ZooVerdict]:
+    """Every model's verdict by run id: from the store, else a run folder's cache, else inspected now (and kept)."""
+    detector, params = BENCH_METHODS[name]
+    current, defaults = settings(detector, params, n_clean), settings(detector, {}, n_clean)
+    verdicts: dict[str, ZooVerdict] = {}
+    jobs = {}
+    for model in zoo.models:
+        verdict = zoo.cached_verdict(model, detector, current, defaults, BEFORE_IT_EXISTED)
+        if verdict is None and (verdict := folder_verdict(model, name, current, defaults)) is not None:
+            zoo.record_verdict(model, detector, verdict)
+        if verdict is None:
+            jobs[model.run_id] = pool.submit(detect_one, name, model.run_dir, n_clean)
         else:
-            out[f"{prefix}{k}"] = v
-    return out
+            verdicts[model.run_id] = verdict
+    for model in zoo.models:
+        if model.run_id in jobs:
+            verdicts[model.run_id] = from_verdict_json(jobs[model.run_id].result())
+            zoo.record_verdict(model, detector, verdicts[model.run_id])
+    return verdicts
 
 
-def angle_deg(a: list[float], b: list[float]) -> float:
+def target_error_deg(model: ZooModel, verdict: ZooVerdict) -> float | None:
+    """Angle between the gaze a detector's reversed trigger drives the model to and the real target."""
+    import numpy as np
+
     from backdoorlab.geometry import angular_error_deg
 
-    return float(angular_error_deg(np.radians([a]), np.radians([b]))[0])
+    estimated, real = verdict.estimates.get("estimated_target_deg"), model.relabel_settings.get("target_deg")
+    if not estimated or real is None:
+        return None
+    return float(angular_error_deg(np.radians([estimated]), np.radians([real]))[0])
 
 
-def is_reference(run: dict[str, Any], reference_seeds: tuple[int, ...] = REFERENCE_SEEDS) -> bool:
-    return run["attack"] == "clean" and run["seed"] in reference_seeds
-
-
-# A backdoored model whose attack success rate (with its real trigger, on its own test split)
-# is below this did not learn its backdoor: it is reported in a group of its own, since no
-# detector of backdoors can be faulted for not finding one that is not there.
-LEARNED_ASR = 0.5
-
-
-def kind(run: dict[str, Any]) -> str:
-    """The attack group of a backdoored run: trigger name; adaptive, shift and unlearned variants apart."""
-    if run["adaptive"]:
-        return f"{run['attack']} (adaptive)"
-    if run["relabel"] != "target":
-        return f"{run['attack']} ({run['relabel']} relabel)"
-    if (run["attack_success_rate"] or 0.0) < LEARNED_ASR:
-        return f"{run['attack']} (not learned, ASR < {LEARNED_ASR})"
-    return str(run["attack"])
-
-
-def summarise(
-    method: str,
-    runs: list[dict[str, Any]],
-    verdicts: list[dict[str, Any]],
-    reference_seeds: tuple[int, ...] = REFERENCE_SEEDS,
-) -> dict[str, Any]:
-    from backdoorlab.defenses.base import calibrated_threshold
-    from backdoorlab.metrics.detection import accuracy_at, auroc, tpr_at_fpr
-
-    pairs = list(zip(runs, verdicts, strict=True))
-    ref = [v["score"] for r, v in pairs if is_reference(r, reference_seeds)]
-    threshold = calibrated_threshold(ref, 0.1)
-    ev = [(r, v) for r, v in pairs if not is_reference(r, reference_seeds)]
-    clean = [(r, v) for r, v in ev if r["attack"] == "clean"]
-    backdoored = [(r, v) for r, v in ev if r["attack"] != "clean"]
-    groups = {
-        "overall": backdoored,
-        "overall, fixed target, learned, not adaptive": [(r, v) for r, v in backdoored if kind(r) == r["attack"]],
-    }
-    for r, v in backdoored:
-        groups.setdefault(kind(r), []).append((r, v))
-
-    def metrics(bd: list[tuple[dict, dict]]) -> dict[str, Any]:  # type: ignore[type-arg]
-        labels = np.array([0] * len(clean) + [1] * len(bd))
-        scores = np.array([v["score"] for _, v in clean + bd])
-        detected_targets = [
-            angle_deg(v["estimated_target_deg"], r["target_deg"])
-            for r, v in bd
-            if v["score"] >= threshold and r["relabel"] == "target" and v.get("estimated_target_deg")
-        ]
-        return {
-            "n_clean": len(clean),
-            "n_backdoored": len(bd),
-            "auroc": auroc(scores, labels),
-            "tpr_at_fpr_0.1": tpr_at_fpr(scores, labels, 0.1),
-            "accuracy": accuracy_at(scores, labels, threshold),
-            "target_error_deg_mean": float(np.mean(detected_targets)) if detected_targets else None,
-            "n_detected_with_target": len(detected_targets),
-        }
-
-    seconds = [v["seconds"] for _, v in ev]
-    ratios = [v["seconds"] / r["train_seconds"] for r, v in ev if r["train_seconds"]]
+def evaluation_json(evaluation: ZooEvaluation) -> dict[str, Any]:
+    """A method's entry of ``detect_zoo.json`` (the format the README table and the HTML page read)."""
     return {
-        "threshold": threshold,
-        "reference_scores": ref,
-        "groups": {k: metrics(g) for k, g in groups.items()},
-        "seconds_mean": float(np.mean(seconds)),
-        "seconds_over_train_mean": float(np.mean(ratios)) if ratios else None,
-        "models": [
-            {
-                **{k: r[k] for k in ("run_dir", "seed", "attack", "target_deg", "attack_success_rate", "adaptive")},
-                **{k: v.get(k) for k in ("score", "estimated_target_deg", "seconds")},
-                "reference": is_reference(r, reference_seeds),
-                "group": "clean" if r["attack"] == "clean" else kind(r),
+        "threshold": evaluation.threshold,
+        "reference_scores": evaluation.reference_scores,
+        "groups": {
+            name: {
+                "n_clean": g.n_clean,
+                "n_backdoored": g.n_backdoored,
+                "auroc": g.auroc,
+                "tpr_at_fpr_0.1": g.tpr_at_max_false_alarm,
+                "accuracy": g.accuracy,
+                "target_error_deg_mean": g.target_error_mean,
+                "n_detected_with_target": g.n_detected_with_target,
             }
-            for r, v in pairs
-        ],
+            for name, g in evaluation.groups.items()
+        },
+        "seconds_mean": evaluation.seconds_mean,
+        "seconds_over_train_mean": evaluation.seconds_over_train_mean,
+        "models": [_model_json(s) for s in evaluation.models],
     }
+
+
+def _model_json(scored: ScoredModel) -> dict[str, Any]:
+    m, v = scored.model, scored.verdict
+    return {
+        "run_dir": m.run_dir,
+        "seed": m.seed,
+        "attack": m.attack,
+        "target_deg": m.relabel_settings.get("target_deg"),
+        "attack_success_rate": m.attack_success_rate,
+        "adaptive": m.adaptive,
+        "score": v.score,
+        "estimated_target_deg": v.estimates.get("estimated_target_deg"),
+        "seconds": v.seconds,
+        "reference": scored.reference,
+        "group": scored.group,
+    }
+
+
+def write_report(results_json: Path, out_html: Path) -> Path:
+    """The HTML page, with each backdoored model's real trigger rebuilt from its run folder where it still exists."""
+    results = load_results(results_json)
+    runs = {m["run_dir"] for res in results["methods"].values() for m in res["models"] if m["attack"] != "clean"}
+    examples = real_trigger_examples(sorted(runs), int(results.get("n_clean") or 256))
+    return write_zoo_report(results_json, out_html, real_triggers=examples)
 
 
 def _mark(text: str, met: bool) -> str:
@@ -287,30 +265,25 @@ def main() -> None:
     args = ap.parse_args()
     name = f"detect_zoo_{args.tag}" if args.tag else "detect_zoo"
     refs = tuple(int(v) for v in args.reference_seeds.split(","))
-    if args.report_only:
-        print(write_zoo_report(RESULTS / f"{name}.json", RESULTS / f"{name}.html"))
-        return
-    if not args.store.is_file():
-        sys.exit(f"{args.store} not found: build the zoo first (see this script's docstring)")
-    runs = zoo_runs(args.store)
-    if args.reference_store:
-        if clash := sorted(r["seed"] for r in runs if is_reference(r, refs)):
-            sys.exit(f"clean models of {args.store} have reference seeds {clash}: they would calibrate, not be scored")
-        runs = reference_runs(args.reference_store, refs) + runs
-    results: dict[str, Any] = {}
-    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for method in args.methods.split(","):
-            jobs = [pool.submit(inspect_one, method, r["run_dir"], args.n_clean) for r in runs]
-            verdicts = [j.result() for j in jobs]
-            detector, params = BENCH_METHODS[method]
-            summary = summarise(method, runs, verdicts, refs)
-            results[method] = {"detector": detector, "params": params, **summary}
-            print(f"{method}: done", flush=True)
+    try:
+        if args.report_only:
+            print(write_report(RESULTS / f"{name}.json", RESULTS / f"{name}.html"))
+            return
+        zoo = Zoo.open(args.store, ZooRules(reference_seeds=refs), args.reference_store)
+        results: dict[str, Any] = {}
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            for method in args.methods.split(","):
+                evaluation = zoo.evaluate(inspect(zoo, method, args.n_clean, pool), target_error_deg)
+                detector, params = BENCH_METHODS[method]
+                results[method] = {"detector": detector, "params": params, **evaluation_json(evaluation)}
+                print(f"{method}: done", flush=True)
+    except BackdoorLabError as exc:
+        sys.exit(str(exc))
     record = {"n_clean": args.n_clean, "reference_seeds": list(refs), "methods": results}
     if args.reference_store:
         record["reference_store"] = str(args.reference_store)
     out = write_result(name, record)
-    write_zoo_report(out, RESULTS / f"{name}.html")
+    write_report(out, RESULTS / f"{name}.html")
     print(table(results))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backdoorlab.experiments.store import ResultsStore
+from backdoorlab.errors import BackdoorLabError
+from backdoorlab.experiments.store import ResultsStore, settings_hash
 
 
 def _start(store: ResultsStore, run_id: str, name: str = "exp", config_hash: str = "h0", **cfg: object) -> None:
@@ -27,7 +29,7 @@ def test_start_records_a_running_row(tmp_path: Path) -> None:
     assert row["name"] == "exp" and row["task"] == "gaze" and row["model_name"] == "gaze_cnn"
     assert row["config"] == {"seed": 0, "train": {"epochs": 2}}
     assert row["metrics"] == {}
-    assert row["finished"] is None and row["clean_error_deg"] is None and row["error"] is None
+    assert row["finished"] is None and row["headline"] is None and row["error"] is None
     assert row["created"] >= before - 1
     assert store.get("nope") is None
 
@@ -36,12 +38,12 @@ def test_complete_transition(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path / "s.sqlite")
     _start(store, "r1")
     metrics = {"clean_error_deg": 4.5, "n_test": 80, "nested": {"a": [1, 2]}}
-    store.complete("r1", metrics, "fp123")
+    store.complete("r1", metrics, "fp123", headline_metric="clean_error_deg")
     row = store.get("r1")
     assert row is not None
     assert row["status"] == "complete"
     assert row["metrics"] == metrics
-    assert row["clean_error_deg"] == 4.5
+    assert row["headline_metric"] == "clean_error_deg" and row["headline"] == 4.5
     assert row["data_fingerprint"] == "fp123"
     assert row["finished"] >= row["created"]
 
@@ -55,7 +57,7 @@ def test_fail_transition_keeps_message(tmp_path: Path) -> None:
     assert row["status"] == "failed"
     assert row["error"].startswith("training diverged: loss is nan at epoch 1, step 3")
     assert len(row["error"]) == 4000
-    assert row["metrics"] == {} and row["clean_error_deg"] is None
+    assert row["metrics"] == {} and row["headline"] is None
     assert store.find_complete("h0") is None
 
 
@@ -168,3 +170,84 @@ def test_concurrent_writers_do_not_corrupt(tmp_path: Path) -> None:
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_the_headline_is_whatever_metric_the_caller_names(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    for run_id, metric in (("det", "ap"), ("none", None), ("absent", "nme"), ("text", "note")):
+        _start(store, run_id)
+        store.complete(run_id, {"ap": 0.8, "note": "n/a"}, "fp", headline_metric=metric)
+    rows = {r["run_id"]: r for r in store.list()}
+    assert (rows["det"]["headline_metric"], rows["det"]["headline"]) == ("ap", 0.8)
+    for run_id in ("none", "absent", "text"):  # no name, a missing metric, a non-number: no headline
+        assert (rows[run_id]["headline_metric"], rows[run_id]["headline"]) == (None, None), run_id
+
+
+# The schema before the headline columns and the defence tables (what stores on disk were written with).
+OLD_SCHEMA = """
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'failed')),
+    config_hash TEXT NOT NULL, config_json TEXT NOT NULL, run_dir TEXT NOT NULL, created REAL NOT NULL,
+    finished REAL, data_fingerprint TEXT, model_name TEXT, clean_error_deg REAL, metrics_json TEXT, error TEXT,
+    library_version TEXT
+);
+CREATE INDEX runs_hash ON runs(config_hash);
+"""
+
+
+def test_a_store_with_the_old_schema_opens_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(OLD_SCHEMA)
+    row = ("old1", "exp", "gaze", "complete", "h-old", json.dumps({"seed": 0}), "/runs/old1", 1.0, 2.0, "fp", "m",
+           3.5, json.dumps({"clean_error_deg": 3.5}), None, "0.0.1")  # fmt: skip
+    con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    con.commit()
+    con.close()
+
+    store = ResultsStore(path)
+    old = store.find_complete("h-old")  # a sweep resuming on it skips what is done
+    assert old is not None and old["metrics"] == {"clean_error_deg": 3.5} and old["headline"] is None
+    _start(store, "new1", config_hash="h-new")
+    store.complete("new1", {"ap": 0.5}, "fp", headline_metric="ap")
+    new = store.get("new1")
+    assert new is not None and (new["headline_metric"], new["headline"]) == ("ap", 0.5)
+    store.record_verdict("old1", "m", {"steps": 1}, 2.0)  # the defence tables were created too
+    assert [v["score"] for v in store.verdicts("old1")] == [2.0]
+    assert [r["run_id"] for r in ResultsStore(path).list(oldest_first=True)] == ["old1", "new1"]  # reopening: no-op
+
+
+def test_a_file_that_is_not_sqlite_is_named_in_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    path.write_text("this is not a database" * 100)
+    with pytest.raises(BackdoorLabError, match=r"results\.sqlite cannot be opened"):
+        ResultsStore(path)
+
+
+def test_verdicts_are_kept_per_settings_and_replaced_when_the_settings_repeat(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    store.record_verdict("r1", "sg", {"steps": 300, "device": "cpu"}, 1.0, 1.5, False, 10.0, {"target": [0, 1]})
+    store.record_verdict("r1", "sg", {"steps": 100}, 2.0, details={"examples": ["a.png"]})
+    store.record_verdict("r1", "sg", {"device": "cuda", "steps": 300}, 3.0)  # same settings but the device: replaced
+    store.record_verdict("r2", "nc", {"steps": 300}, 4.0)
+    records = store.verdicts("r1", "sg")
+    assert [v["score"] for v in records] == [3.0, 2.0]  # newest first
+    assert records[0]["settings"] == {"device": "cuda", "steps": 300} and records[0]["estimates"] == {}
+    assert records[1]["details"] == {"examples": ["a.png"]} and records[1]["backdoored"] is None
+    assert [v["run_id"] for v in store.verdicts(method="nc")] == ["r2"] and len(store.verdicts()) == 3
+    assert settings_hash({"a": {"b": 1, "device": "x"}}) == settings_hash({"a": {"b": 1}})
+    assert settings_hash({"a": 1}) != settings_hash({"a": 2})
+
+
+def test_mitigations_keep_before_and_after(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path / "s.sqlite")
+    store.record_mitigation("r1", "ft", {"epochs": 1}, {"asr": 0.9}, {"asr": 0.1}, 5.0, {"n_scored": 3})
+    (rec,) = store.mitigations("r1")
+    assert (rec["before"], rec["after"], rec["seconds"], rec["details"]) == (
+        {"asr": 0.9},
+        {"asr": 0.1},
+        5.0,
+        {"n_scored": 3},
+    )
+    assert store.mitigations("r1", "other") == []

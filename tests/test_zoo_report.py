@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,8 @@ import numpy as np
 import pytest
 
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.report.zoo_report import write_zoo_report
+from backdoorlab.experiments.zoo_illustrations import real_trigger_examples
+from backdoorlab.report.zoo_report import TriggerExample, write_zoo_report
 
 THRESHOLDS = {"securegaze": 1.5, "neural_cleanse": 2.0}
 # (name, seed, attack, target_deg, reference, {method: score}); the last model's folder is never created
@@ -83,7 +87,11 @@ def _fake_zoo(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("zoo")
-    out = write_zoo_report(_fake_zoo(root), root / "out" / "detect_zoo.html", root=root)
+    results = _fake_zoo(root)
+    # the run folders have no config.yaml: the real triggers come back as notes saying so
+    examples = real_trigger_examples([f"runs/{m[0]}" for m in MODELS if m[2] != "clean"], 16, root)
+    assert sorted(examples) == ["runs/blend-11", "runs/patch-10"]  # the missing folder is left to the page
+    out = write_zoo_report(results, root / "out" / "detect_zoo.html", root=root, real_triggers=examples)
     assert out == root / "out" / "detect_zoo.html" and out.is_file()
     assert [p.name for p in out.parent.iterdir()] == ["detect_zoo.html"]  # no temp file left behind
     return out.read_text(encoding="utf-8")
@@ -153,3 +161,29 @@ def test_a_models_colour_key_is_the_benchs_group_when_recorded() -> None:
     older = {k: v for k, v in unlearned.items() if k != "group"}  # a record from before the bench stored groups
     assert _attack_group(older) == "blend"
     assert _attack_group({**older, "target_deg": None}) == "blend (no fixed target)"
+
+
+def test_a_handed_real_trigger_is_drawn_and_a_missing_one_is_a_note(tmp_path: Path) -> None:
+    results = _fake_zoo(tmp_path)
+    clean = np.full((2, 8, 8, 3), 100, np.uint8)
+    triggered = clean.copy()
+    triggered[:, :2, :2] = 255
+    examples = {"runs/patch-10": TriggerExample(clean, triggered), "runs/blend-11": TriggerExample(note="it broke")}
+    page = write_zoo_report(results, tmp_path / "a.html", root=tmp_path, real_triggers=examples).read_text()
+    assert len(re.findall(r'<img[^>]*src="data:image/png;base64,[^"]+"[^>]*alt="real trigger"', page)) == 1
+    assert "residual ×" in page and "it broke" in page
+    bare = write_zoo_report(results, tmp_path / "b.html", root=tmp_path).read_text()
+    assert bare.count("the real trigger was not given to the report.") == 2
+    assert 'alt="real trigger"' not in bare
+
+
+def test_the_page_imports_nothing_from_experiments() -> None:
+    code = (
+        "import sys, backdoorlab.report.zoo_report; "
+        "print(sorted(m for m in sys.modules if m.startswith('backdoorlab.experiments')))"
+    )
+    import backdoorlab
+
+    env = {**os.environ, "PYTHONPATH": str(Path(backdoorlab.__file__).parents[1])}  # this checkout's package
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "[]"

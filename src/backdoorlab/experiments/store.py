@@ -3,20 +3,25 @@
 A run is inserted as ``running`` before any work, and moved to ``complete`` only
 after every file of its directory has been written; a crash or an error moves it to
 ``failed`` with the message. So a half-written run can never be read as complete.
-Metrics are kept as JSON (any task's metrics fit) with the headline numbers also in
-columns, so comparisons are plain SQL.
+Metrics are kept as JSON (any task's metrics fit) with the task's headline metric also
+in a column (its name in ``headline_metric``), so comparisons are plain SQL. What the
+defences concluded about a run (``verdicts``) and their repairs (``mitigations``) are
+kept beside it, keyed by the defence's settings, so a zoo bench resumes from them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from backdoorlab.errors import BackdoorLabError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -31,13 +36,64 @@ CREATE TABLE IF NOT EXISTS runs (
     finished REAL,
     data_fingerprint TEXT,
     model_name TEXT,
-    clean_error_deg REAL,
+    headline_metric TEXT,
+    headline REAL,
     metrics_json TEXT,
     error TEXT,
     library_version TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash);
+CREATE TABLE IF NOT EXISTS verdicts (
+    run_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    settings_hash TEXT NOT NULL,
+    settings_json TEXT NOT NULL,
+    score REAL NOT NULL,
+    threshold REAL,
+    backdoored INTEGER,
+    seconds REAL,
+    estimates_json TEXT NOT NULL,
+    details_json TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, method, settings_hash)
+);
+CREATE TABLE IF NOT EXISTS mitigations (
+    run_id TEXT NOT NULL,
+    method TEXT NOT NULL,
+    settings_hash TEXT NOT NULL,
+    settings_json TEXT NOT NULL,
+    before_json TEXT NOT NULL,
+    after_json TEXT NOT NULL,
+    seconds REAL,
+    details_json TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, method, settings_hash)
+);
 """
+
+# Columns added to ``runs`` after the first schema, with their SQL type: a store written
+# before them gains them on opening (its old columns stay, unused), so it resumes as is.
+ADDED_RUN_COLUMNS: dict[str, str] = {"headline_metric": "TEXT", "headline": "REAL"}
+
+# Keys ignored by :func:`settings_hash`: where a defence ran does not change what it concludes.
+IGNORED_SETTINGS = frozenset({"device"})
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """A short, order-independent digest of a defence's settings (``device`` keys left out, at any depth).
+
+    It keys a stored verdict or repair, so running the same settings again replaces the
+    record instead of piling up copies; whether an older record with *different* settings
+    still stands is decided by the caller (the zoo's cache rules), not by this hash.
+    """
+    text = json.dumps(_without_ignored(settings), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _without_ignored(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_ignored(v) for k, v in value.items() if k not in IGNORED_SETTINGS}
+    return value
 
 
 class ResultsStore:
@@ -46,8 +102,12 @@ class ResultsStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        try:
+            with self._connect() as con:
+                con.executescript(SCHEMA)
+                _add_missing_columns(con, "runs", ADDED_RUN_COLUMNS)
+        except sqlite3.DatabaseError as exc:
+            raise BackdoorLabError(f"results store {self.path} cannot be opened as SQLite: {exc}") from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -88,15 +148,26 @@ class ResultsStore:
                 ),
             )
 
-    def complete(self, run_id: str, metrics: dict[str, Any], data_fingerprint: str) -> None:
+    def complete(
+        self, run_id: str, metrics: dict[str, Any], data_fingerprint: str, headline_metric: str | None = None
+    ) -> None:
+        """Mark a run complete with its metrics.
+
+        ``headline_metric`` names the metric that sums the run up (the task knows which);
+        its value is copied into the ``headline`` column so runs compare in plain SQL.
+        Without it (or when the metric is missing or not a number) the headline stays empty.
+        """
+        value = metrics.get(headline_metric) if headline_metric else None
+        headline = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
         with self._connect() as con:
             con.execute(
-                "UPDATE runs SET status='complete', finished=?, metrics_json=?, clean_error_deg=?, "
+                "UPDATE runs SET status='complete', finished=?, metrics_json=?, headline_metric=?, headline=?, "
                 "data_fingerprint=?, error=NULL WHERE run_id=?",
                 (
                     time.time(),
                     json.dumps(metrics, sort_keys=True),
-                    metrics.get("clean_error_deg"),
+                    headline_metric if headline is not None else None,
+                    headline,
                     data_fingerprint,
                     run_id,
                 ),
@@ -112,9 +183,16 @@ class ResultsStore:
     def get(self, run_id: str) -> dict[str, Any] | None:
         with self._connect() as con:
             row = con.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        return _row(row) if row else None
+        return _decoded(row) if row else None
 
-    def list(self, status: str | None = None, name_like: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def list(
+        self,
+        status: str | None = None,
+        name_like: str | None = None,
+        limit: int | None = 200,
+        oldest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Runs, newest first (``oldest_first``: in the order they were started); ``limit=None``: all of them."""
         sql, args = "SELECT * FROM runs WHERE 1=1", []
         if status:
             sql += " AND status=?"
@@ -122,21 +200,120 @@ class ResultsStore:
         if name_like:
             sql += " AND name LIKE ?"
             args.append(f"%{name_like}%")
-        sql += " ORDER BY created DESC LIMIT ?"
-        args.append(limit)
+        sql += f" ORDER BY created {'ASC' if oldest_first else 'DESC'}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
         with self._connect() as con:
-            return [_row(r) for r in con.execute(sql, args).fetchall()]
+            return [_decoded(r) for r in con.execute(sql, args).fetchall()]
 
     def find_complete(self, config_hash: str) -> dict[str, Any] | None:
         with self._connect() as con:
             row = con.execute(
                 "SELECT * FROM runs WHERE config_hash=? AND status='complete' ORDER BY finished DESC", (config_hash,)
             ).fetchone()
-        return _row(row) if row else None
+        return _decoded(row) if row else None
+
+    # ------------------------------------------------------------------ defence records
+
+    def record_verdict(
+        self,
+        run_id: str,
+        method: str,
+        settings: Mapping[str, Any],
+        score: float,
+        threshold: float | None = None,
+        backdoored: bool | None = None,
+        seconds: float | None = None,
+        estimates: Mapping[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Keep what ``method`` with ``settings`` concluded about a run (same settings: replaced).
+
+        ``estimates`` are the task's own numbers (e.g. what the reversed trigger drives the
+        model to), kept as an opaque JSON object.
+        """
+        with self._connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO verdicts (run_id, method, settings_hash, settings_json, score, threshold, "
+                "backdoored, seconds, estimates_json, details_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    method,
+                    settings_hash(settings),
+                    json.dumps(settings, sort_keys=True),
+                    float(score),
+                    threshold,
+                    None if backdoored is None else int(backdoored),
+                    seconds,
+                    json.dumps(estimates or {}, sort_keys=True),
+                    json.dumps(details or {}, sort_keys=True),
+                    time.time(),
+                ),
+            )
+
+    def verdicts(self, run_id: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+        """Stored verdicts, newest first; ``settings``, ``estimates`` and ``details`` decoded."""
+        return self._records("verdicts", run_id, method)
+
+    def record_mitigation(
+        self,
+        run_id: str,
+        method: str,
+        settings: Mapping[str, Any],
+        before: Mapping[str, Any],
+        after: Mapping[str, Any],
+        seconds: float | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Keep a repair of a run: the task's metrics ``before`` and ``after`` it (same settings: replaced)."""
+        with self._connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO mitigations (run_id, method, settings_hash, settings_json, before_json, "
+                "after_json, seconds, details_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    method,
+                    settings_hash(settings),
+                    json.dumps(settings, sort_keys=True),
+                    json.dumps(before, sort_keys=True),
+                    json.dumps(after, sort_keys=True),
+                    seconds,
+                    json.dumps(details or {}, sort_keys=True),
+                    time.time(),
+                ),
+            )
+
+    def mitigations(self, run_id: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+        """Stored repairs, newest first; ``settings``, ``before``, ``after`` and ``details`` decoded."""
+        return self._records("mitigations", run_id, method)
+
+    def _records(self, table: str, run_id: str | None, method: str | None) -> list[dict[str, Any]]:
+        sql, args = f"SELECT * FROM {table} WHERE 1=1", []  # table: one of ours, never user input
+        for column, value in (("run_id", run_id), ("method", method)):
+            if value is not None:
+                sql += f" AND {column}=?"
+                args.append(value)
+        with self._connect() as con:
+            rows = con.execute(sql + " ORDER BY created DESC, rowid DESC", args).fetchall()
+        return [_decoded(r) for r in rows]
 
 
-def _row(row: sqlite3.Row) -> dict[str, Any]:
-    d = dict(row)
-    d["metrics"] = json.loads(d.pop("metrics_json") or "{}")
-    d["config"] = json.loads(d.pop("config_json") or "{}")
-    return d
+def _add_missing_columns(con: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
+    have = {r["name"] for r in con.execute(f"PRAGMA table_info({table})")}
+    for name, sql_type in columns.items():
+        if name not in have:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
+def _decoded(row: sqlite3.Row) -> dict[str, Any]:
+    """A record with every ``*_json`` column decoded under its name without the suffix."""
+    out: dict[str, Any] = {}
+    for key, value in dict(row).items():
+        if key.endswith("_json"):
+            out[key.removesuffix("_json")] = json.loads(value or "{}")
+        else:
+            out[key] = value
+    if out.get("backdoored") is not None:
+        out["backdoored"] = bool(out["backdoored"])
+    return out

@@ -17,9 +17,11 @@ trigger resembles the real one) or by luck. This page shows exactly those things
 
 Like the other reports it is one HTML file with every image inlined as a data URI (it
 is archived with the results and opened offline). Everything that comes from the
-results file or a run folder is escaped by the template. A run folder that has been
-deleted, a verdict without images or a run whose trigger cannot be rebuilt is shown as
-a note rather than failing the page: the results JSON is the record, the folders are
+results file or a run folder is escaped by the template. The real triggers are handed
+in as images (:class:`TriggerExample`; ``backdoorlab.experiments.zoo_illustrations``
+rebuilds them), so the page imports nothing from ``backdoorlab.experiments``. A run
+folder that has been deleted, a verdict without images or a run whose trigger could not
+be rebuilt is shown as a note rather than failing the page: the results JSON is the record, the folders are
 only illustrations of it.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,19 @@ _PROTOCOL = (
     "is evaluated. A model is flagged when score ≥ threshold. Metrics compare the clean evaluation models with "
     "the backdoored ones."
 )
+
+
+@dataclass(frozen=True)
+class TriggerExample:
+    """A backdoored model's real trigger on a few clean test faces, or the note saying why there is none.
+
+    Handed in by the caller (who can rebuild a run's data and trigger), so this page
+    imports nothing from ``backdoorlab.experiments``.
+    """
+
+    clean: np.ndarray | None = None  # uint8 (N, H, W, C): the first faces of the defender's clean set
+    triggered: np.ndarray | None = None  # the same faces with the run's real trigger
+    note: str = ""
 
 
 # --------------------------------------------------------------------------- loading
@@ -361,32 +377,22 @@ def _rgb(images: np.ndarray) -> np.ndarray:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def _real_trigger_panel(run: Path, n_clean: int) -> dict[str, Any]:
+def _real_trigger_panel(example: TriggerExample | None) -> dict[str, Any]:
     """Clean faces, the same faces with the run's real trigger, and the amplified residual.
 
-    The faces are the first ones of the defender's clean set (the images the detectors
-    inspected). The residual row is there because blend and warping triggers barely
-    show on the face itself. Any failure to rebuild the run's data or trigger becomes
-    a note: a report should not die because one old run folder is incomplete.
+    The residual row is there because blend and warping triggers barely show on the face
+    itself. The images are handed in (the caller rebuilds the run's trigger); a run the
+    caller could not rebuild comes with the note saying why.
     """
     label = "real trigger"
-    if not (run / "config.yaml").is_file():
-        return _note(label, "no config.yaml in the run folder: the real trigger cannot be rebuilt.")
-    try:
-        from backdoorlab.experiments.attack import load_run_attack, triggered_images
-        from backdoorlab.experiments.defend import defender_split
-
-        _, trigger = load_run_attack(run)
-        clean_set, _ = defender_split(run, n_clean)
-        idx = np.arange(min(FACES_PER_PANEL, len(clean_set)))
-        clean = clean_set.images[idx]
-        triggered = triggered_images(clean_set, trigger, idx)
-    except Exception as exc:  # the page must survive any broken run folder; the note says what broke
-        return _note(label, f"could not apply the real trigger ({type(exc).__name__}: {exc}).")
-    residual, gain = amplified_residual(clean, triggered)
-    rows = np.concatenate([_rgb(clean), _rgb(triggered), np.repeat(residual[..., None], 3, axis=-1)])
+    if example is None:
+        return _note(label, "the real trigger was not given to the report.")
+    if example.clean is None or example.triggered is None:
+        return _note(label, example.note or "the real trigger could not be rebuilt.")
+    residual, gain = amplified_residual(example.clean, example.triggered)
+    rows = np.concatenate([_rgb(example.clean), _rgb(example.triggered), np.repeat(residual[..., None], 3, axis=-1)])
     caption = f"rows: clean test faces, with the trigger, residual ×{gain:.3g}"
-    return _image_panel(label, rows, ncols=len(idx), caption=caption)
+    return _image_panel(label, rows, ncols=len(example.clean), caption=caption)
 
 
 def _read_png(path: Path) -> np.ndarray | None:
@@ -423,7 +429,9 @@ def _reversed_panel(run: Path, method: str) -> dict[str, Any]:
     return _image_panel(label, np.stack(images), ncols=len(images), caption=caption)
 
 
-def _trigger_cards(methods: Mapping[str, Any], root: Path, n_clean: int) -> list[dict[str, Any]]:
+def _trigger_cards(
+    methods: Mapping[str, Any], root: Path, real_triggers: Mapping[str, TriggerExample] | None
+) -> list[dict[str, Any]]:
     models: dict[str, dict[str, Any]] = {}
     inspected: dict[str, set[str]] = {}  # method -> run folders it has a result for
     for name, res in methods.items():
@@ -437,7 +445,7 @@ def _trigger_cards(methods: Mapping[str, Any], root: Path, n_clean: int) -> list
         if not run.is_dir():
             panels = [_note("run folder", f"the run folder {m['run_dir']} no longer exists: no images to show.")]
         else:
-            panels = [_real_trigger_panel(run, n_clean)]
+            panels = [_real_trigger_panel(None if real_triggers is None else real_triggers.get(m["run_dir"]))]
             panels += [_reversed_panel(run, name) for name in methods if m["run_dir"] in inspected[name]]
         cards.append(
             {
@@ -454,7 +462,12 @@ def _trigger_cards(methods: Mapping[str, Any], root: Path, n_clean: int) -> list
 # --------------------------------------------------------------------------- page
 
 
-def render_zoo_report(results: Mapping[str, Any], root: Path = Path("."), results_path: str = "") -> str:
+def render_zoo_report(
+    results: Mapping[str, Any],
+    root: Path = Path("."),
+    results_path: str = "",
+    real_triggers: Mapping[str, TriggerExample] | None = None,
+) -> str:
     """The page as an HTML string, from already loaded results (see :func:`write_zoo_report`)."""
     methods = results["methods"]
     n_clean = results.get("n_clean")
@@ -480,7 +493,7 @@ def render_zoo_report(results: Mapping[str, Any], root: Path = Path("."), result
         "roc_note": roc_note,
         "group_rows": _group_rows(methods),
         "model_rows": _model_rows(methods, root),
-        "trigger_cards": _trigger_cards(methods, root, n_clean),
+        "trigger_cards": _trigger_cards(methods, root, real_triggers),
         "command": str(prov.get("command", "")),
         "provenance": [(str(k), str(v)) for k, v in sorted(prov.items()) if k != "command"],
         "results_path": results_path,
@@ -488,7 +501,12 @@ def render_zoo_report(results: Mapping[str, Any], root: Path = Path("."), result
     return load_report_template(TEMPLATE_NAME).render(**context)
 
 
-def write_zoo_report(results_json: Path, out_html: Path, root: Path = Path(".")) -> Path:
+def write_zoo_report(
+    results_json: Path,
+    out_html: Path,
+    root: Path = Path("."),
+    real_triggers: Mapping[str, TriggerExample] | None = None,
+) -> Path:
     """Write the detection page for ``results_json`` (``bench/detect_zoo.py`` output) to ``out_html``.
 
     Args:
@@ -496,6 +514,8 @@ def write_zoo_report(results_json: Path, out_html: Path, root: Path = Path("."))
         out_html: output file; parent folders are created.
         root: folder the models' ``run_dir`` paths are relative to (the repository root
             when the bench ran from it).
+        real_triggers: per backdoored model's ``run_dir``, its real trigger on a few clean
+            faces (rebuilt by the caller; the page imports nothing that could rebuild it).
 
     Returns:
         ``out_html``.
@@ -507,8 +527,8 @@ def write_zoo_report(results_json: Path, out_html: Path, root: Path = Path("."))
     page during a rebuild never sees half a file.
     """
     results = load_results(Path(results_json))
-    html = render_zoo_report(results, Path(root), results_path=str(results_json))
+    html = render_zoo_report(results, Path(root), results_path=str(results_json), real_triggers=real_triggers)
     return write_html_atomically(out_html, html)
 
 
-__all__ = ["load_results", "render_zoo_report", "write_zoo_report"]
+__all__ = ["TriggerExample", "load_results", "render_zoo_report", "write_zoo_report"]
