@@ -132,7 +132,8 @@ def test_train_writes_a_complete_run(trained: dict[str, Any]) -> None:
 
     row = ResultsStore(trained["store"]).get(run_dir.name)
     assert row is not None and row["status"] == "complete"
-    assert row["clean_error_deg"] == pytest.approx(metrics["clean_error_deg"])
+    assert row["headline_metric"] == "clean_error_deg"  # the gaze task's headline
+    assert row["headline"] == pytest.approx(metrics["clean_error_deg"])
     assert row["config"]["train"]["epochs"] == 1
     assert "clean_error_deg" in trained["output"] and str(run_dir) in flat(trained["output"])
 

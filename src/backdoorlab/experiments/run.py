@@ -124,9 +124,9 @@ def execute(
             json.dumps({"status": "failed", "error": msg, "traceback": traceback.format_exc()}, indent=2)
         )
         raise
-    store.complete(run_id, metrics, metrics.get("data_fingerprint", ""))
-    (path / "status.json").write_text(json.dumps({"status": "complete", "run_id": run_id}, indent=2))
     headline_name = TASKS.get(cfg.task).headline_metric
+    store.complete(run_id, metrics, metrics.get("data_fingerprint", ""), headline_metric=headline_name)
+    (path / "status.json").write_text(json.dumps({"status": "complete", "run_id": run_id}, indent=2))
     return RunOutcome(run_id, path, metrics, (headline_name, metrics.get(headline_name)))
 
 
