@@ -22,20 +22,16 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from backdoorlab.batches import BatchTransform, Regularizer
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import TrainingDivergedError
 from backdoorlab.tasks.base import Task, to_device
-
-BatchTransform = Callable[[torch.Tensor, dict[str, Any], np.ndarray], tuple[torch.Tensor, dict[str, Any]]]
-# (model, images on the device, annotations after batch_transform, sample indices) -> scalar added to the loss
-Regularizer = Callable[[nn.Module, torch.Tensor, dict[str, torch.Tensor], np.ndarray], torch.Tensor]
 
 
 @dataclass

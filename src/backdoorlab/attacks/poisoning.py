@@ -29,9 +29,9 @@ import torch
 
 from backdoorlab.attacks.relabel import Relabel, check_relabel_fits
 from backdoorlab.attacks.selectors import Selector
+from backdoorlab.batches import BatchTransform
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError
-from backdoorlab.training import BatchTransform
 from backdoorlab.triggers.base import Trigger
 
 PoisonMode = Literal["replace", "append"]

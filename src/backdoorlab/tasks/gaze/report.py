@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,13 +12,11 @@ from backdoorlab.report.attack_report import attack_sections
 from backdoorlab.report.gallery import gaze_arrow_origins
 from backdoorlab.report.gaze_report import write_gaze_report
 from backdoorlab.tasks.base import AttackScore, RunReport
+from backdoorlab.tasks.gaze.errors import gaze_errors
 from backdoorlab.triggers.base import Trigger
 
-if TYPE_CHECKING:
-    from backdoorlab.tasks.gaze.task import GazeTask
 
-
-def write_gaze_run_report(task: GazeTask, path: Path, report: RunReport) -> Path:
+def write_gaze_run_report(path: Path, report: RunReport) -> Path:
     test_ds, preds = report.test_data, report.predictions
     n = min(report.n_samples, len(test_ds))
     idx = np.linspace(0, len(test_ds) - 1, n).astype(int) if n else np.zeros(0, int)
@@ -32,7 +29,7 @@ def write_gaze_run_report(task: GazeTask, path: Path, report: RunReport) -> Path
         path,
         title=report.title,
         summary=report.summary,
-        errors_deg=task.errors(preds, test_ds),
+        errors_deg=gaze_errors(preds, test_ds),
         head_pose=None if head is None else np.asarray(head),
         sample_images=np.asarray(test_ds.images[idx]),
         sample_true=np.asarray(test_ds.annotations["gaze"][idx]),

@@ -20,11 +20,12 @@ from torch import nn
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec, load_or_synthesize
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.geometry import angular_error_deg
 from backdoorlab.metrics.angular import summarize_errors
 from backdoorlab.metrics.attack import attack_metrics, target_spread_deg
 from backdoorlab.tasks.base import AttackScore, RunReport, StepOutput, Task
+from backdoorlab.tasks.gaze.errors import gaze_errors
 from backdoorlab.tasks.gaze.relabels import GazeRelabel
+from backdoorlab.tasks.gaze.report import write_gaze_run_report
 from backdoorlab.triggers.base import Placement
 
 
@@ -60,12 +61,7 @@ class GazeTask(Task):
 
     # --------------------------------------------------------------- scoring
     def errors(self, predictions: np.ndarray, dataset: ArrayDataset) -> np.ndarray:
-        dataset.require("gaze")
-        pred = np.asarray(predictions, np.float64)
-        true = np.asarray(dataset.annotations["gaze"], np.float64)
-        if pred.shape != true.shape:  # numpy would broadcast e.g. (1, 2) against (N, 2) silently
-            raise ValueError(f"predictions have shape {pred.shape}; the dataset's gaze labels have {true.shape}")
-        return np.asarray(angular_error_deg(pred, true))
+        return gaze_errors(predictions, dataset)
 
     def evaluate(self, predictions: np.ndarray, dataset: ArrayDataset) -> dict[str, Any]:
         err = self.errors(predictions, dataset)
@@ -114,6 +110,4 @@ class GazeTask(Task):
 
     # ---------------------------------------------------------------- report
     def write_report(self, path: Path, report: RunReport) -> Path:
-        from backdoorlab.tasks.gaze.report import write_gaze_run_report
-
-        return write_gaze_run_report(self, path, report)
+        return write_gaze_run_report(path, report)
