@@ -1,0 +1,94 @@
+"""The house rules of the layout, read off the code's imports (docs/architecture.md).
+
+1. Layers only import downwards (a layer never imports one above it).
+2. The generic layers never import a task's package: tasks register themselves and are
+   looked up by name (``backdoorlab.registry``).
+3. The generic layers never name a task in their code.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "backdoorlab"
+
+# lowest first; a module belongs to the first prefix that matches its dotted name
+LAYERS: list[tuple[str, ...]] = [
+    ("errors", "geometry", "registry", "batches", "__init__"),
+    ("data", "metrics"),
+    ("triggers", "models", "report"),
+    ("attacks",),
+    ("tasks",),
+    ("training",),
+    ("defenses",),
+    ("experiments",),
+    ("cli",),
+]
+TASK_PACKAGES = ("gaze",)
+# modules of the generic layers that still carry task-specific content, each with its reason
+NOT_YET_GENERIC = {
+    "experiments.demo": "the demo is the gaze walkthrough (make demo)",
+}
+GENERIC_FILES = [
+    "training.py", "registry.py", "batches.py", "cli.py", "tasks/base.py", "attacks/relabel.py",
+    "attacks/poisoning.py", "attacks/selectors.py", "data/arrays.py", "data/instances.py", "data/splits.py",
+    "defenses/base.py", "defenses/tuning.py", "defenses/_inputs.py", "report/html.py", "report/run_report.py",
+    "report/zoo_report.py", "triggers/base.py", "models/__init__.py", "models/checkpoint.py",
+    *[f"experiments/{p.name}" for p in sorted((SRC / "experiments").glob("*.py")) if p.stem != "demo"],
+]  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts) or "__init__"
+
+
+def layer_of(module: str) -> int:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    raise AssertionError(f"module {module} is in no layer: add it to LAYERS")
+
+
+def imports(path: Path) -> list[str]:
+    """backdoorlab modules imported by ``path`` (module-level and inside functions), without the prefix."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        out += [n.removeprefix("backdoorlab.") for n in names if n.startswith("backdoorlab.")]
+    return out
+
+
+SOURCES = sorted(SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
+def test_layers_only_import_downwards(path: Path) -> None:
+    here = layer_of(module_name(path))
+    up = [m for m in imports(path) if layer_of(m) > here]
+    assert not up, f"{module_name(path)} (layer {here}) imports a higher layer: {up}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
+def test_only_tasks_import_a_task_package(path: Path) -> None:
+    module = module_name(path)
+    if module.startswith("tasks") or module in NOT_YET_GENERIC:
+        return
+    into_task = [m for m in imports(path) if any(m.startswith(f"tasks.{t}") for t in TASK_PACKAGES)]
+    assert not into_task, f"{module} imports a task's package: {into_task} (look it up in the registry)"
+
+
+@pytest.mark.parametrize("rel", GENERIC_FILES)
+def test_generic_layers_name_no_task(rel: str) -> None:
+    text = (SRC / rel).read_text()
+    pattern = r"[\"'](" + "|".join(TASK_PACKAGES) + r")[\"']|GazeTask|securegaze"
+    named = [line.strip() for line in text.splitlines() if re.search(pattern, line, flags=re.I)]
+    assert not named, f"{rel} names a task: {named}"
