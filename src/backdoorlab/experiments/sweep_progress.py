@@ -289,8 +289,10 @@ def _point_status(run: PlannedRun, rows: Iterable[dict[str, Any]], now: float) -
                        seconds=end - row["created"], error=row["error"] or "")  # fmt: skip
 
 
-def sweep_status(planned: Sequence[PlannedRun], store: ResultsStore, now: float | None = None) -> SweepStatus:
+def sweep_status(planned: Sequence[PlannedRun], store: ResultsStore | None, now: float | None = None) -> SweepStatus:
     """Status of every planned point from the results store (safe while a sweep writes to it).
+
+    ``store=None`` (no store file yet) means nothing has run: every point is to run.
 
     The ETA takes the durations of the complete points and, since the store does not
     know how many workers the sweep has, as many workers as runs are running now.
@@ -299,7 +301,7 @@ def sweep_status(planned: Sequence[PlannedRun], store: ResultsStore, now: float 
     """
     now = time.time() if now is None else now
     names = {r.config.name for r in planned}
-    rows = [r for r in _rows_named(store, planned) if r["name"] in names]
+    rows = [r for r in _rows_named(store, planned) if r["name"] in names] if store is not None else []
     points = [_point_status(run, rows, now) for run in planned]
     durations = [p.seconds for p in points if p.state == "complete" and p.seconds is not None]
     running = [p.seconds or 0.0 for p in points if p.state == "running"]
