@@ -13,6 +13,12 @@ split between workers); ``ray`` submits each run as a Ray task with its CPU/GPU
 request to a local Ray instance or to a cluster (``address``). With Ray on a cluster
 the runs folder and the results store must be on a filesystem every node sees.
 
+Progress: :func:`run_sweep` prints nothing; it hands a
+:class:`~backdoorlab.experiments.sweep_progress.SweepEvent` to ``on_event`` for the
+plan and for every run that starts, finishes or fails, with counts and an ETA (the
+CLI prints them as lines). A run's start is reported by the worker itself when it
+begins (see the engines), so "running" means running, not queued.
+
 Sweep file::
 
     base: ../gaze/clean_gaze_cnn.yaml     # run config, relative to this file
@@ -130,19 +136,37 @@ class SweepOutcome:
     failed: list[tuple[str, str]]  # (run name, error)
 
 
-class _StartQueue(Protocol):
-    def put(self, item: RunStarted) -> Any: ...
+class _Reports(Protocol):
+    """Where a worker reports: a multiprocessing or Ray queue, or the tracker itself in process."""
+
+    def put(self, item: RunStarted | RunResult) -> Any: ...
 
 
-def _run_one(config_json: str, runs_dir: str, store_path: str, threads: int, started: _StartQueue | None) -> RunResult:
-    """Worker entry point; says when it starts, returns a :class:`RunResult` and never raises."""
+def _run_one(
+    config_json: str, runs_dir: str, store_path: str, threads: int, reports: _Reports | None = None
+) -> RunResult:
+    """Worker entry point: reports its start and its result to ``reports`` and returns the result.
+
+    Why the result goes through the queue too (not only back through the future): one
+    channel, in the order the workers wrote it, means the driver never sees a worker's
+    next run start before its previous run ended, so "running" never counts more runs
+    than there are workers.
+    """
+    cfg = RunConfig.model_validate_json(config_json)
+    if reports is not None:
+        reports.put(RunStarted.here(cfg.name))
+    result = _execute(cfg, runs_dir, store_path, threads)
+    if reports is not None:
+        reports.put(result)
+    return result
+
+
+def _execute(cfg: RunConfig, runs_dir: str, store_path: str, threads: int) -> RunResult:
+    """One run as a :class:`RunResult`; never raises, so one run cannot stop the sweep."""
     import torch
 
     from backdoorlab.experiments.run import execute
 
-    cfg = RunConfig.model_validate_json(config_json)
-    if started is not None:
-        started.put(RunStarted.here(cfg.name))
     if threads > 0:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -157,7 +181,8 @@ def _run_one(config_json: str, runs_dir: str, store_path: str, threads: int, sta
 
 
 def _collect(get: Callable[[], RunResult], name: str, what: str) -> RunResult:
-    """A worker's result, or a failure naming how its process died."""
+    """A worker's result (already reported through the queue unless that failed), or a
+    failure naming how its process died."""
     try:
         return get()
     except Exception as exc:
@@ -224,8 +249,8 @@ def _run_local(
     todo: Sequence[PlannedRun], root: str, store: str, workers: int, res: Resources, tracker: SweepTracker
 ) -> None:
     """One worker: in this process. More: a spawned process pool; each worker puts a
-    :class:`RunStarted` on a Manager queue as it begins, which the driver drains
-    between completions, so "started" means started, not submitted."""
+    :class:`RunStarted` on a Manager queue as it begins (and its result as it ends),
+    which the driver drains every half second, so "started" means started, not submitted."""
     import multiprocessing
 
     cores = os.cpu_count() or 1
@@ -233,16 +258,16 @@ def _run_local(
     threads = min(threads, max(1, cores // workers)) if threads else 0
     if workers == 1:  # in-process: simplest to debug, no start-up cost
         for run in todo:
-            tracker.finish(_run_one(run.config.model_dump_json(), root, store, threads, tracker))
+            _run_one(run.config.model_dump_json(), root, store, threads, tracker)
         return
     ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
     with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        started = manager.Queue()
-        futures = {pool.submit(_run_one, r.config.model_dump_json(), root, store, threads, started): r for r in todo}
+        reports = manager.Queue()
+        futures = {pool.submit(_run_one, r.config.model_dump_json(), root, store, threads, reports): r for r in todo}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-            tracker.drain(started)  # a finished run's start message is already queued: started comes first
+            tracker.drain(reports)
             for fut in done:
                 tracker.finish(_collect(fut.result, futures[fut].config.name, "worker crashed"))
 
@@ -255,15 +280,16 @@ def _run_ray(
     address: str | None,
     tracker: SweepTracker,
 ) -> None:
-    """Each run is a Ray task; tasks report their start on a ``ray.util.queue.Queue``.
+    """Each run is a Ray task; tasks report their start (and result) on a ``ray.util.queue.Queue``.
 
     Why a Ray queue rather than polling the store's ``running`` rows: the message is
     sent by the task itself the moment it runs (a row appears only after the run has
     read its config and opened the store), it names the node and process, and the
     driver needs no reads of a shared SQLite file, which on a network filesystem is
-    slow. The queue is a small actor holding no CPU. Best effort: Ray may queue a task
-    behind others, which is exactly what "started" leaves out. The ETA assumes as many
-    parallel runs as the cluster's CPUs (and GPUs) fit.
+    slow. The queue is a small actor holding no CPU. Best effort: reports are sent
+    without waiting (see :class:`_RayReports`), so reports of two different workers may
+    reach the driver a moment out of order. The ETA assumes as many parallel runs as
+    the cluster's CPUs (and GPUs) fit.
     """
     try:
         import ray
@@ -273,22 +299,42 @@ def _run_ray(
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    reports = None
     try:
         tracker.workers = _ray_slots(ray.cluster_resources(), res)
-        started = Queue(actor_options={"num_cpus": 0})
+        reports = Queue(actor_options={"num_cpus": 0})
         task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(_run_one)
         threads = max(1, int(res.cpus))
-        refs = {task.remote(r.config.model_dump_json(), root, store, threads, started): r for r in todo}
+        sink = _RayReports(reports.actor)
+        refs = {task.remote(r.config.model_dump_json(), root, store, threads, sink): r for r in todo}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=_POLL_SECONDS)
-            tracker.drain(started)
+            tracker.drain(reports)
             for ref in done:
                 tracker.finish(_collect(lambda r=ref: ray.get(r), refs[ref].config.name, "ray task failed"))
-        started.shutdown()
     finally:
+        if reports is not None:
+            reports.shutdown()
         if started_here and address is None:
             ray.shutdown()
+
+
+class _RayReports:
+    """A task's side of the Ray queue: sends without waiting for the queue's answer.
+
+    Why not ``Queue.put``: it blocks in ``ray.get``, and a task blocked in ``ray.get``
+    gives its CPUs back to Ray, which then starts one more run than the cluster has
+    room for. A sent-and-forgotten call keeps the order of one worker's reports; the
+    driver also takes results from the tasks' return values, so a late report costs
+    nothing but a late line.
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def put(self, item: RunStarted | RunResult) -> None:
+        self.actor.put_nowait.remote(item)
 
 
 def _ray_slots(cluster: dict[str, float], res: Resources) -> int:
@@ -297,4 +343,4 @@ def _ray_slots(cluster: dict[str, float], res: Resources) -> int:
     return max(1, int(min(fits)))
 
 
-_POLL_SECONDS = 0.5  # how late a "started" line may be while no run ends
+_POLL_SECONDS = 0.5  # how late a line may be

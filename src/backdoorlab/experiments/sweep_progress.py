@@ -41,8 +41,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_headline(headline: tuple[str, Any] | None) -> str:
-    """``name=value`` with 4 significant digits for floats; empty when the task has none."""
-    if not headline or not headline[0]:
+    """``name=value`` with 4 significant digits for floats; empty when the task or the run has none."""
+    if not headline or not headline[0] or headline[1] is None:
         return ""
     name, value = headline
     return f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
@@ -132,7 +132,7 @@ class SweepEvent:
 
 @dataclass(frozen=True)
 class RunStarted:
-    """Sent by a worker when a run really begins (through a queue to the driver)."""
+    """Sent by a worker when a run really begins (through the queue its result follows on)."""
 
     name: str
     host: str
@@ -160,9 +160,11 @@ class RunResult:
 class SweepTracker:
     """The driver's book of a sweep in flight; turns starts and results into :class:`SweepEvent`.
 
-    Every engine reports through :meth:`put` (a worker's :class:`RunStarted`, the same
-    call a queue gets) and :meth:`finish`, so the counts and the ETA are computed in one
-    place whatever runs the runs. Only successful runs feed the ETA: failures are often
+    Every engine reports through :meth:`put` (a worker's :class:`RunStarted` or
+    :class:`RunResult`, the same call a queue gets), so the counts and the ETA are
+    computed in one place whatever runs the runs. :meth:`finish` ignores a run that has
+    already ended, so a driver may also pass on what a future returned, in case its
+    queued report got lost. Only successful runs feed the ETA: failures are often
     instant (a bad setting) and would make it look too short.
     """
 
@@ -171,13 +173,13 @@ class SweepTracker:
     to_run: int
     workers: int = 1
     emit: Callable[[SweepEvent], None] | None = None
-    _running: dict[str, float] = field(default_factory=dict)  # name -> start time
-    _durations: list[float] = field(default_factory=list)
-    _done: int = 0
-    _failed: int = 0
+    _running: dict[str, float] = field(default_factory=dict, init=False)  # name -> start time
+    _durations: list[float] = field(default_factory=list, init=False)
+    _failed: int = field(default=0, init=False)
+    _ended: set[str] = field(default_factory=set, init=False)
 
     def counts(self) -> SweepCounts:
-        return SweepCounts(self.planned, self.skipped, self.to_run, self._done, self._failed, len(self._running))
+        return SweepCounts(self.planned, self.skipped, self.to_run, len(self._ended), self._failed, len(self._running))
 
     def eta(self, now: float | None = None) -> float | None:
         now = time.time() if now is None else now
@@ -188,13 +190,22 @@ class SweepTracker:
     def begin(self) -> None:
         self._send(SweepEvent("planned", self.counts()))
 
-    def put(self, started: RunStarted) -> None:
+    def put(self, report: RunStarted | RunResult) -> None:
+        """Take a worker's report (the in-process engine passes the tracker as the queue)."""
+        if isinstance(report, RunResult):
+            self.finish(report)
+        else:
+            self._start(report)
+
+    def _start(self, started: RunStarted) -> None:
+        if started.name in self._ended:  # a late report (Ray): the run is over
+            return
         self._running[started.name] = started.at
         self._send(SweepEvent("started", self.counts(), started.name, worker=_worker_label(started),
                               eta_seconds=self.eta()))  # fmt: skip
 
     def drain(self, queue: Any) -> None:
-        """Take every start message waiting in ``queue`` (a multiprocessing or Ray queue)."""
+        """Take every report waiting in ``queue`` (a multiprocessing or Ray queue), in order."""
         import queue as queue_module
 
         while True:
@@ -204,8 +215,10 @@ class SweepTracker:
                 return
 
     def finish(self, result: RunResult) -> None:
+        if result.name in self._ended:
+            return
+        self._ended.add(result.name)
         self._running.pop(result.name, None)
-        self._done += 1
         if result.status == "complete":
             if result.seconds is not None:
                 self._durations.append(result.seconds)
