@@ -279,6 +279,8 @@ def test_runs_sweep_view(runner, half_done_sweep: tuple[Path, Path, list[Planned
 
     bad = invoke(runner, "runs", "--store", db_path, "--watch", "1")
     assert bad.exit_code == 2 and "--sweep" in bad.output
+    bad = invoke(runner, "runs", "--sweep", path, "--store", db_path, "--name", "t-")
+    assert bad.exit_code == 2 and "--name" in bad.output
 
 
 def test_runs_sweep_watch_refreshes_until_nothing_is_left(

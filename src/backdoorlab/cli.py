@@ -187,6 +187,8 @@ def runs(
     from backdoorlab.experiments.store import ResultsStore
 
     if sweep is not None:
+        if name or metric:
+            raise ConfigError("--name and --metric choose runs to list; with --sweep the sweep's points are shown")
         _sweep_view(sweep, store, status=status, watch=watch, as_json=as_json)
         return
     if watch is not None:
