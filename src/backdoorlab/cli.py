@@ -172,14 +172,27 @@ def eval_(
 @friendly_errors
 def runs(
     store: Annotated[Path, typer.Option(help="SQLite results store")] = Path("runs/results.sqlite"),
-    status: Annotated[str | None, typer.Option(help="running, complete or failed")] = None,
+    status: Annotated[str | None, typer.Option(help="running, complete or failed (with --sweep also 'to run')")] = None,
     name: Annotated[str | None, typer.Option(help="substring of the run name")] = None,
     metric: Annotated[list[str] | None, typer.Option(help="metric columns to compare (repeatable)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    sweep: Annotated[
+        Path | None, typer.Option(help="sweep YAML: show each of its points (complete, running, failed, to run)")
+    ] = None,
+    watch: Annotated[
+        float | None, typer.Option(help="with --sweep: refresh every SECONDS until nothing runs or waits", min=0.1)
+    ] = None,
 ) -> None:
-    """List and compare runs recorded in the results store."""
+    """List and compare runs recorded in the results store, or follow a sweep's points (--sweep)."""
     from backdoorlab.experiments.store import ResultsStore
 
+    if sweep is not None:
+        if name or metric:
+            raise ConfigError("--name and --metric choose runs to list; with --sweep the sweep's points are shown")
+        _sweep_view(sweep, store, status=status, watch=watch, as_json=as_json)
+        return
+    if watch is not None:
+        raise ConfigError("--watch follows a sweep: pass --sweep SWEEP.yaml too")
     if not store.is_file():
         raise ConfigError(f"results store {store} does not exist (train a run first, or pass --store)")
     rows = ResultsStore(store).list(status=status, name_like=name)
@@ -220,8 +233,8 @@ def sweep(
     dry_run: Annotated[bool, typer.Option(help="list the runs and what is already complete; run nothing")] = False,
 ) -> None:
     """Run every point of a sweep that is not complete yet (resumable; failures do not stop it)."""
-    from backdoorlab.experiments.store import ResultsStore
     from backdoorlab.experiments.sweep import expand, load_sweep, run_sweep
+    from backdoorlab.experiments.sweep_progress import sweep_status
 
     if engine not in ("local", "ray"):
         raise ConfigError(f"--engine must be local or ray, got {engine!r}")
@@ -231,23 +244,12 @@ def sweep(
     planned = expand(sweep_spec, base, str(spec))
     if dry_run:
         db_path = store or runs_dir / "results.sqlite"
-        db = ResultsStore(db_path) if db_path.is_file() else None
-        table = Table(title=f"sweep {spec} ({len(planned)} runs)")
-        for col in ("run name", "config hash", "overrides", "status"):
-            table.add_column(col, overflow="fold")
-        for r in planned:
-            done = db is not None and db.find_complete(r.config_hash) is not None
-            table.add_row(r.config.name, r.config_hash, json.dumps(r.overrides), "complete" if done else "to run")
-        console.print(table)
+        console.print(_sweep_table(spec, db_path, sweep_status(planned, _open_store(db_path))))
         return
-
-    def progress(status: str, ident: str, error: str) -> None:
-        line = error.splitlines()[0] if error else ""
-        console.print(f"{status:8s} {ident}" + (f": {escape(line)}" if line else ""), highlight=False)
-
     out = run_sweep(
         planned, runs_dir, store, engine=engine, workers=workers,  # type: ignore[arg-type]
-        resources=sweep_spec.resources, address=address, on_done=progress,
+        resources=sweep_spec.resources, address=address,
+        on_event=lambda event: console.print(event.line(), highlight=False, markup=False),
     )  # fmt: skip
     console.print(
         f"sweep {spec.name}: {out.planned} runs; {len(out.skipped)} already complete, "
@@ -255,6 +257,66 @@ def sweep(
     )
     if out.failed:
         raise typer.Exit(1)
+
+
+def _open_store(path: Path) -> Any:
+    """The results store at ``path``, or ``None`` when no run has written one yet (nothing created)."""
+    from backdoorlab.experiments.store import ResultsStore
+
+    return ResultsStore(path) if path.is_file() else None
+
+
+def _sweep_table(spec: Path, store: Path, st: Any, state: str | None = None) -> Table:
+    """One row per planned point (optionally only those in ``state``), totals and ETA as caption."""
+    from backdoorlab.experiments.sweep_progress import format_duration, format_headline
+
+    table = Table(title=f"sweep {spec} in {store}" + ("" if store.is_file() else " (no store yet)"),
+                  caption=st.totals(), caption_justify="left")  # fmt: skip
+    for col in ("run name", "status", "run id", "headline", "time", "overrides"):
+        table.add_column(col, overflow="fold")
+    for p in st.points:
+        if state is not None and p.state != state:
+            continue
+        status_txt = p.state if p.state != "failed" else f"failed: {(p.error.splitlines() or [''])[0][:80]}"
+        took = format_duration(p.seconds) if p.seconds is not None else ""
+        cells = (p.name, status_txt, p.run_id, format_headline(p.headline), took, json.dumps(p.overrides))
+        table.add_row(*(escape(c) for c in cells))
+    return table
+
+
+def _sweep_view(spec: Path, store: Path, status: str | None, watch: float | None, as_json: bool) -> None:
+    """``runs --sweep``: the sweep's points as the store sees them, once or every ``watch`` seconds.
+
+    Why under ``runs`` rather than a command of its own: it is the runs listing narrowed
+    to one sweep's points (same store option, same table), plus the points that have no
+    run yet. Read-only, so it is safe beside a sweep writing the store; ``--watch`` stops
+    by itself once nothing is running or waiting, and on Ctrl-C without a traceback.
+    """
+    import dataclasses
+    import time
+
+    from backdoorlab.experiments.sweep import expand, load_sweep
+    from backdoorlab.experiments.sweep_progress import sweep_status
+
+    if as_json and watch is not None:
+        raise ConfigError("--watch draws a table; use --json without it")
+    planned = expand(*load_sweep(spec), str(spec))
+    if as_json:
+        st = sweep_status(planned, _open_store(store))
+        points = [dataclasses.asdict(p) for p in st.points if status in (None, p.state)]
+        print(json.dumps({"points": points, "totals": st.totals(), "eta_seconds": st.eta_seconds}, indent=2))
+        return
+    try:
+        while True:
+            st = sweep_status(planned, _open_store(store))
+            if watch is not None and console.is_terminal:
+                console.clear()
+            console.print(_sweep_table(spec, store, st, status))
+            if watch is None or not st.active:
+                return
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        console.print("stopped watching (the sweep itself goes on)")
 
 
 _PARAM_HELP = "a method setting as KEY=VALUE (repeatable), e.g. --param steps=300 --param budget=0.02"

@@ -13,6 +13,12 @@ split between workers); ``ray`` submits each run as a Ray task with its CPU/GPU
 request to a local Ray instance or to a cluster (``address``). With Ray on a cluster
 the runs folder and the results store must be on a filesystem every node sees.
 
+Progress: :func:`run_sweep` prints nothing; it hands a
+:class:`~backdoorlab.experiments.sweep_progress.SweepEvent` to ``on_event`` for the
+plan and for every run that starts, finishes or fails, with counts and an ETA (the
+CLI prints them as lines). A run's start is reported by the worker itself when it
+begins (see the engines), so "running" means running, not queued.
+
 Sweep file::
 
     base: ../gaze/clean_gaze_cnn.yaml     # run config, relative to this file
@@ -32,12 +38,13 @@ import hashlib
 import itertools
 import json
 import os
+import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,6 +57,7 @@ from backdoorlab.experiments.config import (
     validate_model,
 )
 from backdoorlab.experiments.store import ResultsStore
+from backdoorlab.experiments.sweep_progress import RunResult, RunStarted, SweepEvent, SweepTracker
 
 
 class Resources(BaseModel):
@@ -128,22 +136,57 @@ class SweepOutcome:
     failed: list[tuple[str, str]]  # (run name, error)
 
 
-def _run_one(config_json: str, runs_dir: str, store_path: str, threads: int) -> tuple[str, str, str]:
-    """Worker entry point: (status, run id or name, error). Never raises, so one run cannot stop the sweep."""
+class _Reports(Protocol):
+    """Where a worker reports: a multiprocessing or Ray queue, or the tracker itself in process."""
+
+    def put(self, item: RunStarted | RunResult) -> Any: ...
+
+
+def _run_one(
+    config_json: str, runs_dir: str, store_path: str, threads: int, reports: _Reports | None = None
+) -> RunResult:
+    """Worker entry point: reports its start and its result to ``reports`` and returns the result.
+
+    Why the result goes through the queue too (not only back through the future): one
+    channel, in the order the workers wrote it, means the driver never sees a worker's
+    next run start before its previous run ended, so "running" never counts more runs
+    than there are workers.
+    """
+    cfg = RunConfig.model_validate_json(config_json)
+    if reports is not None:
+        reports.put(RunStarted.here(cfg.name))
+    result = _execute(cfg, runs_dir, store_path, threads)
+    if reports is not None:
+        reports.put(result)
+    return result
+
+
+def _execute(cfg: RunConfig, runs_dir: str, store_path: str, threads: int) -> RunResult:
+    """One run as a :class:`RunResult`; never raises, so one run cannot stop the sweep."""
     import torch
 
     from backdoorlab.experiments.run import execute
 
     if threads > 0:
         torch.set_num_threads(threads)
-    cfg = RunConfig.model_validate_json(config_json)
+    t0 = time.perf_counter()
     try:
         outcome = execute(cfg, runs_dir=runs_dir, store_path=store_path, progress=False)
     except BackdoorLabError as exc:  # already recorded as failed by execute; report and go on
-        return "failed", cfg.name, str(exc)
+        return RunResult("failed", cfg.name, error=str(exc), seconds=time.perf_counter() - t0)
     except Exception as exc:
-        return "failed", cfg.name, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-    return "complete", outcome.run_id, ""
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        return RunResult("failed", cfg.name, error=error, seconds=time.perf_counter() - t0)
+    return RunResult("complete", cfg.name, outcome.run_id, headline=outcome.headline, seconds=time.perf_counter() - t0)
+
+
+def _collect(get: Callable[[], RunResult], name: str, what: str) -> RunResult:
+    """A worker's result (already reported through the queue unless that failed), or a
+    failure naming how its process died."""
+    try:
+        return get()
+    except Exception as exc:
+        return RunResult("failed", name, error=f"{what}: {type(exc).__name__}: {exc}")
 
 
 def run_sweep(
@@ -155,8 +198,15 @@ def run_sweep(
     resources: Resources | None = None,
     address: str | None = None,
     on_done: Callable[[str, str, str], None] | None = None,
+    on_event: Callable[[SweepEvent], None] | None = None,
 ) -> SweepOutcome:
-    """Run what is not complete yet; failures are collected, never raised."""
+    """Run what is not complete yet; failures are collected, never raised.
+
+    ``on_event`` gets a :class:`SweepEvent` once for the plan and then as each run
+    starts, finishes or fails (counts and ETA included); the library prints nothing,
+    so a caller decides where progress goes. ``on_done(status, run id or name, error)``
+    is the older, end-of-run-only hook and still works.
+    """
     root = Path(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     store = str(store_path or root / "results.sqlite")
@@ -171,34 +221,36 @@ def run_sweep(
             todo.append(run)
     outcome = SweepOutcome(len(planned), skipped, [], [])
 
-    def record(result: tuple[str, str, str]) -> None:
-        status, ident, error = result
-        if status == "complete":
-            outcome.completed.append(ident)
-        else:
-            outcome.failed.append((ident, error))
-        if on_done is not None:
-            on_done(status, ident, error)
+    def emit(event: SweepEvent) -> None:
+        if event.kind == "finished":
+            outcome.completed.append(event.run_id)
+        elif event.kind == "failed":
+            outcome.failed.append((event.name, event.error))
+        if on_done is not None and event.kind in ("finished", "failed"):
+            ident = event.run_id if event.kind == "finished" else event.name
+            on_done("complete" if event.kind == "finished" else "failed", ident, event.error)
+        if on_event is not None:
+            on_event(event)
 
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown engine '{engine}' (local, ray)")
+    tracker = SweepTracker(len(planned), len(skipped), len(todo), workers=max(1, workers), emit=emit)
+    tracker.begin()
     if not todo:
         return outcome
     if engine == "local":
-        _run_local(todo, str(root), store, max(1, workers), res, record)
-    elif engine == "ray":
-        _run_ray(todo, str(root), store, res, address, record)
+        _run_local(todo, str(root), store, max(1, workers), res, tracker)
     else:
-        raise ConfigError(f"unknown engine '{engine}' (local, ray)")
+        _run_ray(todo, str(root), store, res, address, tracker)
     return outcome
 
 
 def _run_local(
-    todo: Sequence[PlannedRun],
-    root: str,
-    store: str,
-    workers: int,
-    res: Resources,
-    record: Callable[[tuple[str, str, str]], None],
+    todo: Sequence[PlannedRun], root: str, store: str, workers: int, res: Resources, tracker: SweepTracker
 ) -> None:
+    """One worker: in this process. More: a spawned process pool; each worker puts a
+    :class:`RunStarted` on a Manager queue as it begins (and its result as it ends),
+    which the driver drains every half second, so "started" means started, not submitted."""
     import multiprocessing
 
     cores = os.cpu_count() or 1
@@ -206,16 +258,18 @@ def _run_local(
     threads = min(threads, max(1, cores // workers)) if threads else 0
     if workers == 1:  # in-process: simplest to debug, no start-up cost
         for run in todo:
-            record(_run_one(run.config.model_dump_json(), root, store, threads))
+            _run_one(run.config.model_dump_json(), root, store, threads, tracker)
         return
     ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(_run_one, r.config.model_dump_json(), root, store, threads): r for r in todo}
-        for fut in as_completed(futures):
-            try:
-                record(fut.result())
-            except Exception as exc:  # the worker process itself died
-                record(("failed", futures[fut].config.name, f"worker crashed: {type(exc).__name__}: {exc}"))
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        reports = manager.Queue()
+        futures = {pool.submit(_run_one, r.config.model_dump_json(), root, store, threads, reports): r for r in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            tracker.drain(reports)
+            for fut in done:
+                tracker.finish(_collect(fut.result, futures[fut].config.name, "worker crashed"))
 
 
 def _run_ray(
@@ -224,27 +278,69 @@ def _run_ray(
     store: str,
     res: Resources,
     address: str | None,
-    record: Callable[[tuple[str, str, str]], None],
+    tracker: SweepTracker,
 ) -> None:
+    """Each run is a Ray task; tasks report their start (and result) on a ``ray.util.queue.Queue``.
+
+    Why a Ray queue rather than polling the store's ``running`` rows: the message is
+    sent by the task itself the moment it runs (a row appears only after the run has
+    read its config and opened the store), it names the node and process, and the
+    driver needs no reads of a shared SQLite file, which on a network filesystem is
+    slow. The queue is a small actor holding no CPU. Best effort: reports are sent
+    without waiting (see :class:`_RayReports`), so reports of two different workers may
+    reach the driver a moment out of order. The ETA assumes as many parallel runs as
+    the cluster's CPUs (and GPUs) fit.
+    """
     try:
         import ray
+        from ray.util.queue import Queue
     except ImportError:
         raise ConfigError("--engine ray needs Ray: pip install 'backdoorlab[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    reports = None
     try:
+        tracker.workers = _ray_slots(ray.cluster_resources(), res)
+        reports = Queue(actor_options={"num_cpus": 0})
         task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(_run_one)
         threads = max(1, int(res.cpus))
-        refs = {task.remote(r.config.model_dump_json(), root, store, threads): r for r in todo}
+        sink = _RayReports(reports.actor)
+        refs = {task.remote(r.config.model_dump_json(), root, store, threads, sink): r for r in todo}
         pending = list(refs)
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=_POLL_SECONDS)
+            tracker.drain(reports)
             for ref in done:
-                try:
-                    record(ray.get(ref))
-                except Exception as exc:  # the task's worker died
-                    record(("failed", refs[ref].config.name, f"ray task failed: {type(exc).__name__}: {exc}"))
+                tracker.finish(_collect(lambda r=ref: ray.get(r), refs[ref].config.name, "ray task failed"))
     finally:
+        if reports is not None:
+            reports.shutdown()
         if started_here and address is None:
             ray.shutdown()
+
+
+class _RayReports:
+    """A task's side of the Ray queue: sends without waiting for the queue's answer.
+
+    Why not ``Queue.put``: it blocks in ``ray.get``, and a task blocked in ``ray.get``
+    gives its CPUs back to Ray, which then starts one more run than the cluster has
+    room for. A sent-and-forgotten call keeps the order of one worker's reports; the
+    driver also takes results from the tasks' return values, so a late report costs
+    nothing but a late line.
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def put(self, item: RunStarted | RunResult) -> None:
+        self.actor.put_nowait.remote(item)
+
+
+def _ray_slots(cluster: dict[str, float], res: Resources) -> int:
+    """How many runs the cluster fits at once (for the ETA)."""
+    fits = [cluster.get("CPU", 1.0) / res.cpus] + ([cluster.get("GPU", 0.0) / res.gpus] if res.gpus else [])
+    return max(1, int(min(fits)))
+
+
+_POLL_SECONDS = 0.5  # how late a line may be
