@@ -1,4 +1,4 @@
-"""The house rules of the layout, read off the code's imports (docs/architecture.md).
+"""The house rules of the layout, read off the code's imports (docs/architecture.md, backdoorlab.layout).
 
 1. Layers only import downwards (a layer never imports one above it).
 2. The generic layers never import a task's package: tasks register themselves and are
@@ -8,27 +8,13 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "backdoorlab"
+from backdoorlab.layout import SRC, TASK_PACKAGES, imports, layer_of, module_name, sources
 
-# lowest first; a module belongs to the first prefix that matches its dotted name
-LAYERS: list[tuple[str, ...]] = [
-    ("errors", "geometry", "registry", "batches", "__init__"),
-    ("data", "metrics"),
-    ("triggers", "models", "report"),
-    ("attacks",),
-    ("tasks",),
-    ("training",),
-    ("defenses",),
-    ("experiments",),
-    ("cli",),
-]
-TASK_PACKAGES = ("gaze",)
 # modules of the generic layers that still carry task-specific content, each with its reason
 NOT_YET_GENERIC = {
     "experiments.demo": "the demo is the gaze walkthrough (make demo)",
@@ -42,32 +28,7 @@ GENERIC_FILES = [
 ]  # fmt: skip
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(SRC).with_suffix("")
-    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts) or "__init__"
-
-
-def layer_of(module: str) -> int:
-    for i, prefixes in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
-            return i
-    raise AssertionError(f"module {module} is in no layer: add it to LAYERS")
-
-
-def imports(path: Path) -> list[str]:
-    """backdoorlab modules imported by ``path`` (module-level and inside functions), without the prefix."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        out += [n.removeprefix("backdoorlab.") for n in names if n.startswith("backdoorlab.")]
-    return out
-
-
-SOURCES = sorted(SRC.rglob("*.py"))
+SOURCES = sources()
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(SRC)))
