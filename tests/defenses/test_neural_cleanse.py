@@ -38,16 +38,17 @@ def test_backdoored_toy_scores_higher_and_its_target_and_trigger_are_found(tmp_p
         with torch.no_grad():
             out = model(TRIGGER(x))
         err = float(angular_error_deg(out, target_rad().expand_as(out)).mean())
-        assert (err < 5.0) == backdoored, (backdoored, err)  # measured: 2.6 and 34 degrees
+        assert (err < 5.0) == backdoored, (backdoored, err)  # measured: about 2 and 34 degrees
     clean, bd = (NeuralCleanse(**FAST).inspect(toy_model(b), clean_set) for b in (False, True))
 
     assert bd.details["constraint_met"] and bd.estimated_target_deg is not None
-    # measured: 1.08 clean vs 1.93 backdoored (reversed mask 8.4% vs 1.2% of the image)
+    # measured on AVX-512, AVX2 and portable kernels (ATEN_CPU_CAPABILITY=avx2 / default): clean 1.02-1.08 vs
+    # backdoored 1.79-1.91, i.e. at least 0.71 apart (reversed mask 8.4-9.6% vs 1.2-1.6% of the image, 5.2-7.9x)
     assert bd.score > clean.score + 0.4
     assert bd.details["mask_l1"] < clean.details["mask_l1"] / 3
     assert bd.score >= calibrated_threshold([clean.score])  # a threshold fitted on the clean toy flags it
     est = torch.tensor(np.radians(bd.estimated_target_deg))
-    assert float(angular_error_deg(est, target_rad().double())) < 5.0  # measured: 3.3 degrees
+    assert float(angular_error_deg(est, target_rad().double())) < 5.0  # measured: 1.2-3.0 degrees
 
     # the reversed trigger sits on the real one: the stamped examples differ from the faces in that corner
     assert bd.examples is not None and bd.examples.shape == (FAST_EXAMPLES, 32, 32, 3)
@@ -55,7 +56,7 @@ def test_backdoored_toy_scores_higher_and_its_target_and_trigger_are_found(tmp_p
     x4 = x[:FAST_EXAMPLES].permute(0, 2, 3, 1)
     changed = (torch.from_numpy(bd.examples).float() / 255 - x4).abs().amax((0, 3)) > 0.2
     ys, xs = np.nonzero(changed.numpy())
-    assert len(ys) and np.median(ys) >= 22 and np.median(xs) >= 22  # the square covers rows/columns 26-28
+    assert len(ys) and np.median(ys) >= 22 and np.median(xs) >= 22  # the square: rows/columns 25-28 (medians 25-26)
 
     # the verdict is a JSON record from which the detector can be rebuilt
     data = json.loads(bd.write(tmp_path / "v.json").read_text())

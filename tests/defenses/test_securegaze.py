@@ -24,13 +24,18 @@ from .toy_backdoor import TARGET_DEG, clean_split, target_rad, toy_model
 FAST_BUDGET = 0.03
 FAST = {"steps": 120, "batch_size": 32, "min_clean": 32, "device": "cpu", "saliency_strength": 0.0}
 # Detection on the toy, two ways (each ~2-3 s a model), both with the input-independent part of G
-# only (the toy trigger is a fixed square). Measured with seeds 0/1/2 on one torch thread, as the
-# suite runs (clean vs backdoored score):
-# - the paper's undirected loss from the default rectangle-screened starts (60 steps):
-#   clean 0.49/0.54/0.62, backdoored 1.46/1.34/1.48, target within 1 deg;
+# only (the toy trigger is a fixed square). Measured on one torch thread, as the suite runs
+# (clean vs backdoored score):
+# - the paper's undirected loss from the default rectangle-screened starts (60 steps), 4x4 toy, seed 0,
+#   on AVX-512, AVX2 and portable kernels (ATEN_CPU_CAPABILITY=avx2 / default): clean 0.52-0.63,
+#   backdoored 1.52-1.73 (at least 0.89 apart), variance ratio 0.019-0.030, target within 0.5 deg,
+#   G's largest change at rows/columns 27-28 (with the earlier 3x3 toy: 0.61 vs 0.91 on AVX-512);
 # - the directed search (5 starts pulled towards far-apart clean outputs, no screened rectangles):
-#   clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg (on two threads, whose float
-#   sums differ, seed 0 gave 0.46 vs 0.61: the directed search is the fragile one).
+#   clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg with the 3x3 toy on the CPU it
+#   was tuned on (on two threads, whose float sums differ, seed 0 gave 0.46 vs 0.61: the directed search is
+#   the fragile one). NOT YET ROBUST: with the 4x4 toy, seed 0, it separates on portable kernels (0.47 vs
+#   0.77) but not on AVX-512 (0.46 vs 0.23) or AVX2 (0.43 vs 0.33), nor with lr 0.02 and 40 explore steps
+#   or pull 3: no start reaches the trigger there.
 # From P = 0 alone (the default before the screened starts) the toy is not separated: 0.51 clean vs 0.38.
 TOY_DETECT = {
     "screened rectangles": {**FAST, "steps": 60, "explore_steps": 20, "input_dependent": False, "threshold": 0.85},
@@ -47,8 +52,8 @@ def test_backdoored_toy_is_flagged_the_clean_one_not_and_the_target_is_found(sea
     det = SecureGaze(**TOY_DETECT[search])
     clean, bd = det.inspect(toy_model(False), data), det.inspect(toy_model(True), data)
     assert bd.backdoored and not clean.backdoored, (clean.score, bd.score)
-    assert bd.score > clean.score + 0.3  # measured: at least 0.43 apart
-    assert bd.details["variance_ratio"] < 0.2  # measured 0.03-0.12 of the clean output variance
+    assert bd.score > clean.score + 0.3  # measured: screened rectangles at least 0.89 apart
+    assert bd.details["variance_ratio"] < 0.2  # measured 0.02-0.03 of the clean output variance (screened)
     est = torch.tensor(np.radians(bd.estimated_target_deg), dtype=torch.float64)
     assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimated_target_deg, TARGET_DEG)
     # the reversed trigger sits on the real one: G changes the bottom-right corner most
@@ -57,7 +62,7 @@ def test_backdoored_toy_is_flagged_the_clean_one_not_and_the_target_is_found(sea
     with torch.no_grad():
         change = generator.perturbation(x).abs().mean((0, 1))
     row, col = divmod(int(change.argmax()), change.shape[1])
-    assert row >= 20 and col >= 20, (row, col)  # the square covers rows/columns 26-28
+    assert row >= 20 and col >= 20, (row, col)  # the square covers rows/columns 25-28
 
 
 def test_generator_starts_as_the_identity_and_respects_its_budget() -> None:
