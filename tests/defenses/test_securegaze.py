@@ -54,8 +54,8 @@ def test_backdoored_toy_is_flagged_the_clean_one_not_and_the_target_is_found(sea
     assert bd.backdoored and not clean.backdoored, (clean.score, bd.score)
     assert bd.score > clean.score + 0.3  # measured: screened rectangles at least 0.89 apart
     assert bd.details["variance_ratio"] < 0.2  # measured 0.02-0.03 of the clean output variance (screened)
-    est = torch.tensor(np.radians(bd.estimated_target_deg), dtype=torch.float64)
-    assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimated_target_deg, TARGET_DEG)
+    est = torch.tensor(np.radians(bd.estimates["target_deg"]), dtype=torch.float64)
+    assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimates, TARGET_DEG)
     # the reversed trigger sits on the real one: G changes the bottom-right corner most
     x, _ = data.batch(np.arange(len(data)))
     generator = det.reverse(toy_model(True), data).generator  # the same search as the verdict's (seeded)
@@ -99,7 +99,7 @@ def test_verdict_reports_the_collapse_statistics() -> None:
     assert d["n_clean"] == 64 and d["params"]["steps"] == 20
     assert json.loads(json.dumps(v.to_json()))["method"] == "securegaze"
     assert v.examples is not None and v.examples.dtype == np.uint8 and v.examples.shape == (8, 32, 32, 3)
-    assert v.estimated_target_deg is not None and all(np.isfinite(v.estimated_target_deg))
+    assert len(v.estimates["target_deg"]) == 2 and all(np.isfinite(v.estimates["target_deg"]))
 
 
 def test_inspection_is_deterministic_and_leaves_the_model_alone() -> None:
@@ -107,7 +107,7 @@ def test_inspection_is_deterministic_and_leaves_the_model_alone() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     det = SecureGaze(**{**FAST, "steps": 5})
     a, b = det.inspect(model, clean_split(64)), det.inspect(model, clean_split(64))
-    assert a.score == b.score and a.estimated_target_deg == b.estimated_target_deg
+    assert a.score == b.score and a.estimates == b.estimates
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters()) and not model.training
 
@@ -131,7 +131,7 @@ def _unlearning_batch(fixer: SecureGazeUnlearning, monkeypatch: pytest.MonkeyPat
 
     seen = {}
 
-    def capture(model, data, settings, device, batch_transform):  # type: ignore[no-untyped-def]
+    def capture(model, task, data, settings, device, batch_transform):  # type: ignore[no-untyped-def]
         seen["transform"] = batch_transform
         return model
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -22,85 +22,36 @@ from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.defenses.base import Detector, Mitigator, Verdict
-from backdoorlab.defenses.tuning import FineTuneSettings
+from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.errors import ConfigError
 from backdoorlab.experiments.attack import evaluate_attack, load_run_attack, load_run_config
+from backdoorlab.experiments.defence_config import defence_config, parse_params
 from backdoorlab.experiments.run import evaluate_model, load_data
 from backdoorlab.models.checkpoint import load_checkpoint, read_card, save_checkpoint
+from backdoorlab.registry import TASKS
 from backdoorlab.relabel import build_relabel
+from backdoorlab.tasks.base import Task
 from backdoorlab.training import pick_device
 
-DETECTORS = ("securegaze", "neural_cleanse")
-MITIGATORS = ("securegaze", "fine_tuning", "fine_pruning")
-
-
-def parse_params(pairs: list[str] | None) -> dict[str, Any]:
-    """``key=value`` strings (values parsed as JSON when they can be) -> keyword arguments."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param {pair!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
-def _construct(cls: type, params: dict[str, Any], what: str) -> Any:
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+__all__ = [
+    "build_detector", "build_mitigator", "defender_split", "detect_run", "mitigate_run", "parse_params", "run_task",
+]  # fmt: skip
 
 
 def build_detector(method: str, params: dict[str, Any] | None = None, device: str = "auto") -> Detector:
-    """A detector by name; ``params`` are its constructor settings."""
-    kw = {"device": device, **(params or {})}
-    if method == "securegaze":
-        from backdoorlab.defenses.securegaze import SecureGaze
-
-        return _construct(SecureGaze, kw, "securegaze")
-    if method == "neural_cleanse":
-        from backdoorlab.defenses.neural_cleanse import NeuralCleanse
-
-        return _construct(NeuralCleanse, kw, "neural_cleanse")
-    raise ConfigError(f"unknown detection method {method!r}; choose one of {', '.join(DETECTORS)}")
-
-
-def fine_tune_settings(params: dict[str, Any], what: str) -> FineTuneSettings:
-    """Pop the ``tune.KEY`` entries of ``params`` into the mitigator's fine-tuning schedule.
-
-    Why a prefix: SecureGaze's own settings share names with the schedule (``seed``,
-    ``batch_size``, ``lr``), so ``--param tune.lr=2e-4`` is the fine-tuning rate and
-    ``--param lr=1e-2`` the generator's.
-    """
-    tune = {key.removeprefix("tune."): params.pop(key) for key in [k for k in params if k.startswith("tune.")]}
-    return _construct(FineTuneSettings, tune, f"{what} (tune.*)")
+    """A detector by registered name; ``params`` are its settings (flat, ``tune.lr``-style dotted keys allowed)."""
+    return cast(Detector, defence_config(method, "detection", {"device": device, **(params or {})}).build())
 
 
 def build_mitigator(method: str, params: dict[str, Any] | None = None, device: str = "auto") -> Mitigator:
-    """A mitigator by name; ``tune.*`` params set the fine-tuning schedule, the others the method."""
-    params = dict(params or {})
-    settings = fine_tune_settings(params, method)
-    if method == "securegaze":
-        from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
+    """A mitigator by registered name; ``tune.*`` params set the fine-tuning schedule, the others the method."""
+    return cast(Mitigator, defence_config(method, "mitigation", {"device": device, **(params or {})}).build())
 
-        own = {k: params.pop(k) for k in ("paired", "mix", "clean_targets") if k in params}  # the rest: the detector's
-        detector = _construct(SecureGaze, {"device": device, **params}, "securegaze")
-        return _construct(
-            SecureGazeUnlearning, {"device": device, **own, "detector": detector, "settings": settings}, "securegaze"
-        )
-    if method == "fine_tuning":
-        from backdoorlab.defenses.fine_tuning import FineTuning
 
-        return _construct(FineTuning, {"device": device, **params, "settings": settings}, "fine_tuning")
-    if method == "fine_pruning":
-        from backdoorlab.defenses.fine_pruning import FinePruning
-
-        return _construct(FinePruning, {"device": device, **params, "settings": settings}, "fine_pruning")
-    raise ConfigError(f"unknown mitigation method {method!r}; choose one of {', '.join(MITIGATORS)}")
+def run_task(run_dir: Path) -> Task:
+    """The task of a run's model: its model card's ``task`` (else its config's), built from ``TASKS``."""
+    name = read_card(run_dir).get("task") or load_run_config(run_dir)[0].task
+    return TASKS.get(name)()
 
 
 def defender_split(run_dir: Path, n_clean: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
@@ -135,11 +86,19 @@ def detect_run(
     device: str = "auto",
     out_dir: Path | None = None,
     unsafe_load: bool = False,
+    config: DefenceConfig | None = None,
 ) -> tuple[Verdict, Path]:
-    """Inspect one run's model; write ``verdict.json`` and the reversed-trigger images."""
-    detector = build_detector(method, params, device)
+    """Inspect one run's model; write ``verdict.json`` and the reversed-trigger images.
+
+    ``config`` (validated settings, e.g. from ``--config``) replaces ``method``, ``params`` and ``device``.
+    """
+    config = config or defence_config(method, "detection", {"device": device, **(params or {})})
+    method, detector = config.method, cast(Detector, config.build())
+    task = run_task(run_dir)
+    detector.check_needs(task=task)  # before loading anything: a method for another task is refused at once
     model, _ = load_checkpoint(run_dir, unsafe=unsafe_load)
     clean, _ = defender_split(run_dir, n_clean)
+    detector.check_needs(task=task, model=model, clean_data=clean)
     if references:
         ref_models = [load_checkpoint(r, unsafe=unsafe_load)[0] for r in references]
         detector.fit(ref_models, clean)
@@ -147,13 +106,14 @@ def detect_run(
     folder = out_dir or run_dir / "defence" / method
     verdict.details["examples"] = save_examples(verdict.examples, folder)
     verdict.details["references"] = [str(r) for r in references or []]
+    verdict.details["settings_hash"] = config.settings_hash()
     return verdict, verdict.write(folder / "verdict.json")
 
 
 def backdoor_metrics(model: nn.Module, run_dir: Path, data: ArrayDataset, device: str = "auto") -> dict[str, Any]:
-    """Clean error, and the run's real backdoor metrics when it has one, on ``data``."""
+    """The task's clean metrics, and the run's real backdoor metrics when it has one, on ``data``."""
     dev = pick_device(device)
-    out, _ = evaluate_model(model, data, device=device)
+    out, _ = evaluate_model(model, data, run_task(run_dir).name, device=device)
     cfg, _ = load_run_config(run_dir)
     if cfg.attack is not None:
         attack, trigger = load_run_attack(run_dir)
@@ -173,11 +133,22 @@ def mitigate_run(
     device: str = "auto",
     out_dir: Path | None = None,
     unsafe_load: bool = False,
+    config: DefenceConfig | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Repair one run's model; save it as a checkpoint with a ``mitigation.json`` of before/after metrics."""
-    mitigator = build_mitigator(method, params, device)
+    """Repair one run's model; save it as a checkpoint with a ``mitigation.json`` of before/after metrics.
+
+    ``config`` (validated settings, e.g. from ``--config``) replaces ``method``, ``params`` and ``device``.
+    The mitigator fine-tunes with the run's task unless it brings its own.
+    """
+    config = config or defence_config(method, "mitigation", {"device": device, **(params or {})})
+    method, mitigator, device = config.method, cast(Mitigator, config.build()), config.device
+    task = run_task(run_dir)
+    mitigator.check_needs(task=task)
+    if mitigator.task is None:
+        mitigator.task = task
     model, _ = load_checkpoint(run_dir, unsafe=unsafe_load)
     clean, held_out = defender_split(run_dir, n_clean)
+    mitigator.check_needs(task=task, model=model, clean_data=clean)
     before = backdoor_metrics(model, run_dir, held_out, device)
     t0 = time.perf_counter()
     repaired = mitigator.repair(model, clean)
@@ -198,6 +169,7 @@ def mitigate_run(
         "before": before,
         "after": after,
         "params": mitigator.params(),
+        "settings_hash": config.settings_hash(),
     }
     tmp = folder / f".mitigation.json.partial-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
