@@ -22,7 +22,7 @@ from backdoorlab.experiments.sweep_progress import (
     format_duration,
     sweep_status,
 )
-from backdoorlab.tasks import TASKS
+from backdoorlab.registry import TASKS
 
 
 def sweep_file(tmp_path: Path, cache: Path, **spec: Any) -> Path:

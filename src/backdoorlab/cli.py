@@ -319,39 +319,62 @@ def _sweep_view(spec: Path, store: Path, status: str | None, watch: float | None
         console.print("stopped watching (the sweep itself goes on)")
 
 
-_PARAM_HELP = "a method setting as KEY=VALUE (repeatable), e.g. --param steps=300 --param budget=0.02"
-_MITIGATE_PARAM_HELP = (
-    _PARAM_HELP + "; tune.KEY=VALUE sets the fine-tuning schedule (tune.epochs, tune.lr, tune.batch_size, "
-    "tune.weight_decay, tune.seed, tune.freeze_batchnorm)"
+_PARAM_HELP = (
+    "a setting as KEY=VALUE (repeatable), e.g. --param steps=300 --param budget=0.02; dotted keys set a section "
+    "(--param tune.lr=2e-4: the fine-tuning schedule of a mitigator); overrides --config"
 )
+_CONFIG_HELP = "a defence config YAML: {method: NAME, SETTING: VALUE, tune: {SETTING: VALUE}}"
+
+
+def _defence_config(  # type: ignore[no-untyped-def]
+    run_dir: Path, shape: str, config: Path | None, method: str | None, param: list[str] | None, device: str | None
+):
+    """The validated settings ``detect`` / ``mitigate`` run with, from --config, --method, --param and --device.
+
+    Without a method in either, the run's task names its default defence.
+    """
+    from backdoorlab.experiments.defence_config import load_defence_config, parse_params
+    from backdoorlab.experiments.run_folder import Run
+
+    default = Run(run_dir).task.default_defence if method is None else None
+    return load_defence_config(shape, config, method, parse_params(param), device, default_method=default)
+
+
+def _fmt_estimate(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "(" + ", ".join(_fmt_estimate(v) for v in value) + ")"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 @app.command()
 @friendly_errors
 def detect(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (model.safetensors + model.json + config.yaml)")],
-    method: Annotated[str, typer.Option(help="securegaze or neural_cleanse")] = "securegaze",
+    method: Annotated[
+        str | None, typer.Option(help="a registered detection method (default: the config's, else the task's)")
+    ] = None,
     n_clean: Annotated[int, typer.Option(help="clean images the defender holds (from the run's test split)")] = 256,
+    config: Annotated[Path | None, typer.Option("--config", help=_CONFIG_HELP)] = None,
     param: Annotated[list[str] | None, typer.Option(help=_PARAM_HELP)] = None,
     reference: Annotated[
         list[Path] | None, typer.Option(help="a clean reference run to calibrate the threshold on (repeatable)")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default RUN_DIR/defence/METHOD)")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the config's, else auto)")] = None,
     unsafe_load: Annotated[bool, typer.Option(help="read non-safetensors weights (trusted files only)")] = False,
 ) -> None:
     """Is this model backdoored? Writes verdict.json and the reversed-trigger images; exit 0 either way."""
-    from backdoorlab.experiments.defend import detect_run, parse_params
+    from backdoorlab.experiments.defend import detect_run
 
+    settings = _defence_config(run_dir, "detection", config, method, param, device)
     verdict, path = detect_run(
-        run_dir, method, n_clean, parse_params(param), reference, device, out, unsafe_load
-    )  # fmt: skip
+        run_dir, n_clean=n_clean, references=reference, out_dir=out, unsafe_load=unsafe_load, config=settings
+    )
     flag = "[bold red]BACKDOORED[/]" if verdict.backdoored else "[green]clean[/]"
-    target = verdict.estimated_target_deg
+    estimates = "".join(f"estimated {k} {_fmt_estimate(v)}, " for k, v in verdict.estimates.items())
     console.print(
-        f"{method}: {flag}  score {verdict.score:.3f} (threshold {verdict.threshold:.3f}), "
-        + (f"estimated target (pitch, yaw) ({target[0]:.1f}, {target[1]:.1f}) deg, " if target else "")
-        + f"{verdict.seconds:.1f} s"
+        f"{settings.method}: {flag}  score {verdict.score:.3f} (threshold {verdict.threshold:.3f}), "
+        f"{escape(estimates)}{verdict.seconds:.1f} s"
     )
     console.print(f"written: {path}")
 
@@ -360,18 +383,22 @@ def detect(
 @friendly_errors
 def mitigate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (model.safetensors + model.json + config.yaml)")],
-    method: Annotated[str, typer.Option(help="securegaze, fine_tuning or fine_pruning")] = "securegaze",
+    method: Annotated[
+        str | None, typer.Option(help="a registered mitigation method (default: the config's, else the task's)")
+    ] = None,
     n_clean: Annotated[int, typer.Option(help="clean images the defender holds (from the run's test split)")] = 256,
-    param: Annotated[list[str] | None, typer.Option(help=_MITIGATE_PARAM_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=_CONFIG_HELP)] = None,
+    param: Annotated[list[str] | None, typer.Option(help=_PARAM_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default RUN_DIR/mitigated/METHOD)")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the config's, else auto)")] = None,
     unsafe_load: Annotated[bool, typer.Option(help="read non-safetensors weights (trusted files only)")] = False,
 ) -> None:
     """Remove a backdoor; saves the repaired model and mitigation.json (before/after, real trigger if known)."""
-    from backdoorlab.experiments.defend import mitigate_run, parse_params
+    from backdoorlab.experiments.defend import mitigate_run
 
-    record, path = mitigate_run(run_dir, method, n_clean, parse_params(param), device, out, unsafe_load)
-    table = Table(title=f"{method} on {run_dir.name} ({record['n_scored']} held-out images)")
+    settings = _defence_config(run_dir, "mitigation", config, method, param, device)
+    record, path = mitigate_run(run_dir, n_clean=n_clean, out_dir=out, unsafe_load=unsafe_load, config=settings)
+    table = Table(title=f"{settings.method} on {run_dir.name} ({record['n_scored']} held-out images)")
     for col in ("metric", "before", "after"):
         table.add_column(col)
     for key, before in record["before"].items():

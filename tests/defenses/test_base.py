@@ -18,13 +18,14 @@ def test_verdict_json_round_trip_without_the_images(tmp_path) -> None:
         score=3.5,
         threshold=2.0,
         seconds=1.25,
-        estimated_target_deg=(np.float32(1.5), -2.0),
+        estimates={"target_deg": (np.float32(1.5), -2.0)},
         details={"steps": 10},
         examples=np.zeros((2, 8, 8, 3), np.uint8),
     )
     out = v.write(tmp_path / "sub" / "verdict.json")
     data = json.loads(out.read_text())
-    assert data["backdoored"] is True and data["estimated_target_deg"] == [1.5, -2.0]
+    assert data["backdoored"] is True and data["estimates"] == {"target_deg": [1.5, -2.0]}
+    assert data["estimated_target_deg"] == [1.5, -2.0]  # also under the key older readers (the bench) use
     assert "examples" not in data and data["details"] == {"steps": 10}
     assert [p.name for p in out.parent.iterdir()] == ["verdict.json"]  # no partial file left
 

@@ -47,7 +47,7 @@ def test_fine_pruning_and_fine_tuning_on_the_backdoored_toy() -> None:
     """One test around the repairs of the backdoored toy (kept whole so that xdist trains the toy once)."""
     model = toy_model(True)
     before = snapshot(model)
-    fp = FinePruning(prune_ratio=0.9, settings=SHORT, device="cpu")  # 90% of 32: live units go too
+    fp = FinePruning(prune_ratio=0.9, settings=SHORT, device="cpu", task="gaze")  # 90% of 32: live units go too
     repaired = fp.repair(model, clean_split())
 
     units = getattr(repaired, PRUNED_ATTR)
@@ -78,7 +78,7 @@ def test_fine_pruning_and_fine_tuning_on_the_backdoored_toy() -> None:
     assert report["params"] == fp.params() and report["params"]["fine_tune"] == SHORT.params()
 
     # plain fine-tuning of the same toy under the same schedule: it moves the weights, not the clean error
-    tuned = FineTuning(SHORT, device="cpu").repair(model, clean_split())
+    tuned = FineTuning(SHORT, device="cpu", task="gaze").repair(model, clean_split())
     assert not same(before, snapshot(tuned)) and same(before, snapshot(model))
     assert clean_error(tuned) < clean_error(model) + 5.0  # measured: 9.4 -> 9.6 degrees
 
@@ -111,26 +111,26 @@ def test_least_active_units_property(act, ratio) -> None:
 def test_fine_tuning_is_deterministic_json_and_leaves_the_original() -> None:
     model = small_untrained()
     before = snapshot(model)
-    ft = FineTuning(SHORT, device="cpu")
+    ft = FineTuning(SHORT, device="cpu", task="gaze")
     tuned = ft.repair(model, clean_split())
     assert same(before, snapshot(model))
     assert not same(before, snapshot(tuned)) and not tuned.training
     assert json.loads(json.dumps(ft.params())) == {"fine_tune": SHORT.params(), "min_clean": 64, "device": "cpu"}
     assert ft.last_report["n_clean"] == 64
     # same settings, same weights (fine_tune seeds the batch order)
-    assert same(snapshot(tuned), snapshot(FineTuning(SHORT, device="cpu").repair(model, clean_split())))
+    assert same(snapshot(tuned), snapshot(FineTuning(SHORT, device="cpu", task="gaze").repair(model, clean_split())))
 
 
 @pytest.mark.parametrize("cls, who", [(FineTuning, "FineTuning"), (FinePruning, "FinePruning")])
 def test_mitigators_refuse_small_unlabelled_or_unsplit_input(cls, who) -> None:
     with pytest.raises(BackdoorLabError, match=f"{who} needs at least 64 clean samples; got 10"):
-        cls(device="cpu").repair(small_untrained(), clean_split(10))
+        cls(device="cpu", task="gaze").repair(small_untrained(), clean_split(10))
     ds = clean_split()
     unlabelled = type(ds)(ds.images, {k: v for k, v in ds.annotations.items() if k != "gaze"})
     with pytest.raises(DatasetError, match="gaze"):
-        cls(device="cpu").repair(small_untrained(), unlabelled)
+        cls(device="cpu", task="gaze").repair(small_untrained(), unlabelled)
     with pytest.raises(BackdoorLabError, match=f"{who}: Sequential has no features"):
-        cls(device="cpu").repair(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)), ds)
+        cls(device="cpu", task="gaze").repair(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)), ds)
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, float("nan")])
@@ -141,9 +141,9 @@ def test_bad_prune_ratio(ratio) -> None:
 
 def test_nothing_pruned_at_ratio_zero_is_plain_fine_tuning() -> None:
     model = small_untrained()
-    fp = FinePruning(prune_ratio=0.0, settings=SHORT, device="cpu")
+    fp = FinePruning(prune_ratio=0.0, settings=SHORT, device="cpu", task="gaze")
     a = fp.repair(model, clean_split())
-    b = FineTuning(SHORT, device="cpu").repair(model, clean_split())
+    b = FineTuning(SHORT, device="cpu", task="gaze").repair(model, clean_split())
     assert getattr(a, PRUNED_ATTR) == []
     x, _ = clean_split(8).batch(np.arange(8))
     with torch.no_grad():

@@ -38,16 +38,17 @@ def test_backdoored_toy_scores_higher_and_its_target_and_trigger_are_found(tmp_p
         with torch.no_grad():
             out = model(TRIGGER(x))
         err = float(angular_error_deg(out, target_rad().expand_as(out)).mean())
-        assert (err < 5.0) == backdoored, (backdoored, err)  # measured: 2.6 and 34 degrees
+        assert (err < 5.0) == backdoored, (backdoored, err)  # measured: about 2 and 34 degrees
     clean, bd = (NeuralCleanse(**FAST).inspect(toy_model(b), clean_set) for b in (False, True))
 
-    assert bd.details["constraint_met"] and bd.estimated_target_deg is not None
-    # measured: 1.08 clean vs 1.93 backdoored (reversed mask 8.4% vs 1.2% of the image)
+    assert bd.details["constraint_met"] and "target_deg" in bd.estimates
+    # measured on AVX-512, AVX2 and portable kernels (ATEN_CPU_CAPABILITY=avx2 / default): clean 1.02-1.08 vs
+    # backdoored 1.79-1.91, i.e. at least 0.71 apart (reversed mask 8.4-9.6% vs 1.2-1.6% of the image, 5.2-7.9x)
     assert bd.score > clean.score + 0.4
     assert bd.details["mask_l1"] < clean.details["mask_l1"] / 3
     assert bd.score >= calibrated_threshold([clean.score])  # a threshold fitted on the clean toy flags it
-    est = torch.tensor(np.radians(bd.estimated_target_deg))
-    assert float(angular_error_deg(est, target_rad().double())) < 5.0  # measured: 3.3 degrees
+    est = torch.tensor(np.radians(bd.estimates["target_deg"]))
+    assert float(angular_error_deg(est, target_rad().double())) < 5.0  # measured: 1.2-3.0 degrees
 
     # the reversed trigger sits on the real one: the stamped examples differ from the faces in that corner
     assert bd.examples is not None and bd.examples.shape == (FAST_EXAMPLES, 32, 32, 3)
@@ -55,14 +56,15 @@ def test_backdoored_toy_scores_higher_and_its_target_and_trigger_are_found(tmp_p
     x4 = x[:FAST_EXAMPLES].permute(0, 2, 3, 1)
     changed = (torch.from_numpy(bd.examples).float() / 255 - x4).abs().amax((0, 3)) > 0.2
     ys, xs = np.nonzero(changed.numpy())
-    assert len(ys) and np.median(ys) >= 22 and np.median(xs) >= 22  # the square covers rows/columns 26-28
+    assert len(ys) and np.median(ys) >= 22 and np.median(xs) >= 22  # the square: rows/columns 25-28 (medians 25-26)
 
     # the verdict is a JSON record from which the detector can be rebuilt
     data = json.loads(bd.write(tmp_path / "v.json").read_text())
     assert data["method"] == "neural_cleanse" and data["score"] == pytest.approx(bd.score)
     assert set(data["details"]) >= {"mask_l1", "final_lambda", "constraint_met", "n_clean", "params", "restarts"}
     assert len(data["details"]["restarts"]) == FAST["restarts"] and data["details"]["n_clean"] == 64
-    assert len(data["estimated_target_deg"]) == 2
+    assert len(data["estimates"]["target_deg"]) == 2
+    assert data["estimated_target_deg"] == data["estimates"]["target_deg"]  # the key the bench's cache reads
     params = NeuralCleanse(**FAST).params()
     assert data["details"]["params"] == params and NeuralCleanse(**data["details"]["params"]).params() == params
 
@@ -83,7 +85,8 @@ def test_no_mask_meeting_the_constraint_scores_the_minimum() -> None:
     nc = NeuralCleanse(steps=5, restarts=1, tolerance_deg=1e-6, threshold=0.0, device="cpu")
     v = nc.inspect(small_untrained(), clean_split())
     assert v.score == 0.0 and not v.details["constraint_met"]
-    assert v.estimated_target_deg is None and nc.last_trigger is None
+    assert v.estimates == {} and nc.last_trigger is None
+    assert "estimated_target_deg" not in v.to_json()
     assert v.backdoored  # threshold 0: a score of exactly the threshold flags (score >= threshold)
 
 

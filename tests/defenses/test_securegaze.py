@@ -24,13 +24,18 @@ from .toy_backdoor import TARGET_DEG, clean_split, target_rad, toy_model
 FAST_BUDGET = 0.03
 FAST = {"steps": 120, "batch_size": 32, "min_clean": 32, "device": "cpu", "saliency_strength": 0.0}
 # Detection on the toy, two ways (each ~2-3 s a model), both with the input-independent part of G
-# only (the toy trigger is a fixed square). Measured with seeds 0/1/2 on one torch thread, as the
-# suite runs (clean vs backdoored score):
-# - the paper's undirected loss from the default rectangle-screened starts (60 steps):
-#   clean 0.49/0.54/0.62, backdoored 1.46/1.34/1.48, target within 1 deg;
+# only (the toy trigger is a fixed square). Measured on one torch thread, as the suite runs
+# (clean vs backdoored score):
+# - the paper's undirected loss from the default rectangle-screened starts (60 steps), 4x4 toy, seed 0,
+#   on AVX-512, AVX2 and portable kernels (ATEN_CPU_CAPABILITY=avx2 / default): clean 0.52-0.63,
+#   backdoored 1.52-1.73 (at least 0.89 apart), variance ratio 0.019-0.030, target within 0.5 deg,
+#   G's largest change at rows/columns 27-28 (with the earlier 3x3 toy: 0.61 vs 0.91 on AVX-512);
 # - the directed search (5 starts pulled towards far-apart clean outputs, no screened rectangles):
-#   clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg (on two threads, whose float
-#   sums differ, seed 0 gave 0.46 vs 0.61: the directed search is the fragile one).
+#   clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg with the 3x3 toy on the CPU it
+#   was tuned on (on two threads, whose float sums differ, seed 0 gave 0.46 vs 0.61: the directed search is
+#   the fragile one). NOT YET ROBUST: with the 4x4 toy, seed 0, it separates on portable kernels (0.47 vs
+#   0.77) but not on AVX-512 (0.46 vs 0.23) or AVX2 (0.43 vs 0.33), nor with lr 0.02 and 40 explore steps
+#   or pull 3: no start reaches the trigger there.
 # From P = 0 alone (the default before the screened starts) the toy is not separated: 0.51 clean vs 0.38.
 TOY_DETECT = {
     "screened rectangles": {**FAST, "steps": 60, "explore_steps": 20, "input_dependent": False, "threshold": 0.85},
@@ -47,17 +52,17 @@ def test_backdoored_toy_is_flagged_the_clean_one_not_and_the_target_is_found(sea
     det = SecureGaze(**TOY_DETECT[search])
     clean, bd = det.inspect(toy_model(False), data), det.inspect(toy_model(True), data)
     assert bd.backdoored and not clean.backdoored, (clean.score, bd.score)
-    assert bd.score > clean.score + 0.3  # measured: at least 0.43 apart
-    assert bd.details["variance_ratio"] < 0.2  # measured 0.03-0.12 of the clean output variance
-    est = torch.tensor(np.radians(bd.estimated_target_deg), dtype=torch.float64)
-    assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimated_target_deg, TARGET_DEG)
+    assert bd.score > clean.score + 0.3  # measured: screened rectangles at least 0.89 apart
+    assert bd.details["variance_ratio"] < 0.2  # measured 0.02-0.03 of the clean output variance (screened)
+    est = torch.tensor(np.radians(bd.estimates["target_deg"]), dtype=torch.float64)
+    assert float(angular_error_deg(est, target_rad().double())) < 5.0, (bd.estimates, TARGET_DEG)
     # the reversed trigger sits on the real one: G changes the bottom-right corner most
     x, _ = data.batch(np.arange(len(data)))
     generator = det.reverse(toy_model(True), data).generator  # the same search as the verdict's (seeded)
     with torch.no_grad():
         change = generator.perturbation(x).abs().mean((0, 1))
     row, col = divmod(int(change.argmax()), change.shape[1])
-    assert row >= 20 and col >= 20, (row, col)  # the square covers rows/columns 26-28
+    assert row >= 20 and col >= 20, (row, col)  # the square covers rows/columns 25-28
 
 
 def test_generator_starts_as_the_identity_and_respects_its_budget() -> None:
@@ -94,7 +99,7 @@ def test_verdict_reports_the_collapse_statistics() -> None:
     assert d["n_clean"] == 64 and d["params"]["steps"] == 20
     assert json.loads(json.dumps(v.to_json()))["method"] == "securegaze"
     assert v.examples is not None and v.examples.dtype == np.uint8 and v.examples.shape == (8, 32, 32, 3)
-    assert v.estimated_target_deg is not None and all(np.isfinite(v.estimated_target_deg))
+    assert len(v.estimates["target_deg"]) == 2 and all(np.isfinite(v.estimates["target_deg"]))
 
 
 def test_inspection_is_deterministic_and_leaves_the_model_alone() -> None:
@@ -102,7 +107,7 @@ def test_inspection_is_deterministic_and_leaves_the_model_alone() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     det = SecureGaze(**{**FAST, "steps": 5})
     a, b = det.inspect(model, clean_split(64)), det.inspect(model, clean_split(64))
-    assert a.score == b.score and a.estimated_target_deg == b.estimated_target_deg
+    assert a.score == b.score and a.estimates == b.estimates
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters()) and not model.training
 
@@ -126,7 +131,7 @@ def _unlearning_batch(fixer: SecureGazeUnlearning, monkeypatch: pytest.MonkeyPat
 
     seen = {}
 
-    def capture(model, data, settings, device, batch_transform):  # type: ignore[no-untyped-def]
+    def capture(model, task, data, settings, device, batch_transform):  # type: ignore[no-untyped-def]
         seen["transform"] = batch_transform
         return model
 

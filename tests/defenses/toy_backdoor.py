@@ -2,16 +2,24 @@
 
 Two ``GazeCNN(width=8, feature_dim=32)`` models trained on the 240 tiny synthetic faces
 of :func:`helpers_experiments.tiny_faces`, identical but for the poisoning: 30% of the
-training faces of the backdoored one carry a 3x3 white square near the bottom-right
-corner and are relabelled to look at ``TARGET_DEG``. Each trains in about 3 s and is
-cached per process (``lru_cache``), so the Neural Cleanse and fine-pruning tests share
-them.
+training faces of the backdoored one carry a 4x4 white square near the bottom-right
+corner (rows and columns 25-28) and are relabelled to look at ``TARGET_DEG``. Each trains
+in about 3 s and is cached per process (``lru_cache``), so the Neural Cleanse and
+fine-pruning tests share them.
+
+Why 4x4 and not 3x3: float sums differ between instruction sets, so the toy trains to
+different weights on an AVX-512, an AVX2 and a portable-kernel CPU. With a 3x3 square the
+backdoor was learned firmly on some (AVX2: triggered outputs at 2.6 deg from the target)
+and weakly on others (AVX-512: 5.9 deg, output variance only down to 0.18 of the clean
+one), and the detection tests lost their margin there. The 4x4 square is learned firmly
+everywhere (AVX-512: 2.0 deg, variance ratio 0.03), and the defences then separate the
+toys by a wide margin under every instruction set (measured numbers in the tests).
 
 Why salt-and-pepper noise in the training of both: without it the tiny clean model is
 so fragile that a sprinkle of ~1% of the pixels collapses its outputs, and Neural
-Cleanse (correctly) finds such a "trigger" in the clean model too (measured: score 2.0
-clean vs 2.4 backdoored). Trained with 5% of the pixels randomised, the clean model
-needs ~4-5% of the image changed, while the backdoor still fires on its 0.9% square.
+Cleanse (correctly) finds such a "trigger" in the clean model too (measured with the 3x3
+square: score 2.0 clean vs 2.4 backdoored). Trained with 5% of the pixels randomised, the
+clean model needs ~8-10% of the image changed, while the backdoor fires on its 1.6% square.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from backdoorlab.training import TrainSettings, seed_everything, train
 from backdoorlab.triggers.patch import PatchTrigger
 
 TARGET_DEG = (-20.0, 25.0)
-TRIGGER = PatchTrigger(size=0.1, center=(0.85, 0.85))  # 3x3 pixels of a 32x32 face
+TRIGGER = PatchTrigger(size=0.13, center=(0.85, 0.85))  # 4x4 pixels of a 32x32 face
 NOISE_FRACTION = 0.05
 
 

@@ -1,8 +1,36 @@
-"""Defences against backdoors in non-classification models (one file per method)."""
+"""Defences against backdoors in non-classification models (one file per method).
 
-from backdoorlab.defenses.base import Detector, Mitigator, Verdict
+Importing this package registers the built-in methods in ``backdoorlab.registry.DEFENCES``
+(the registry imports it at its first look-up).
+"""
+
+from backdoorlab.defenses.base import (
+    Defence,
+    Detector,
+    Mitigator,
+    Needs,
+    PopulationDetector,
+    RuntimeMonitor,
+    Verdict,
+)
 from backdoorlab.defenses.fine_pruning import FinePruning
 from backdoorlab.defenses.fine_tuning import FineTuning
 from backdoorlab.defenses.neural_cleanse import NeuralCleanse
+from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
+from backdoorlab.defenses.settings import DefenceConfig
 
-__all__ = ["Detector", "FinePruning", "FineTuning", "Mitigator", "NeuralCleanse", "Verdict"]
+__all__ = [
+    "Defence",
+    "DefenceConfig",
+    "Detector",
+    "FinePruning",
+    "FineTuning",
+    "Mitigator",
+    "Needs",
+    "NeuralCleanse",
+    "PopulationDetector",
+    "RuntimeMonitor",
+    "SecureGaze",
+    "SecureGazeUnlearning",
+    "Verdict",
+]

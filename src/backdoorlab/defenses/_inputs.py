@@ -1,9 +1,9 @@
-"""Input checks shared by the baseline defences (Neural Cleanse, fine-tuning, fine-pruning).
+"""Model checks shared by the defences: where a model lives, and whether it honours the features/head split.
 
 Why a shared check that runs first: every defence optimises or trains for seconds to
-minutes; a model without the features/head split, a clean set that is too small or a
-model that cannot even run on the clean images must fail at once, with a message that
-names the defence, not after (or in the middle of) that work with a raw torch error.
+minutes; a model without the features/head split or a model that cannot even run on
+the clean images must fail at once, with a message that names the defence, not after
+(or in the middle of) that work with a raw torch error.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
-from backdoorlab.defenses.base import require_clean_samples
 from backdoorlab.errors import BackdoorLabError, ModelContractError
 from backdoorlab.models import check_feature_head_contract
 
@@ -24,16 +23,12 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def check_defence_inputs(model: nn.Module, data: ArrayDataset, who: str, min_clean: int, need_gaze: bool) -> None:
-    """Raise a :class:`BackdoorLabError` naming ``who`` unless the model and clean set are usable.
+def check_feature_head(model: nn.Module, data: ArrayDataset, who: str) -> None:
+    """Raise naming ``who`` unless ``model`` splits into features + linear head and runs on ``data``'s images.
 
-    Checks, cheapest first: the clean set's size, its ``gaze`` labels (for defences that
-    train), then the features/head contract on a few clean images (which also proves the
-    model accepts images of this size and channel count). ``model`` is not changed.
+    Checked on two clean images, which also proves the model accepts images of this size
+    and channel count. ``model`` is not changed.
     """
-    require_clean_samples(data, min_clean, who)
-    if need_gaze:
-        data.require("gaze")
     example, _ = data.batch(np.arange(min(len(data), 2)))
     try:
         check_feature_head_contract(model, example.to(model_device(model)))

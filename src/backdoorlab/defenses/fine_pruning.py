@@ -30,18 +30,23 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
-from backdoorlab.defenses._inputs import check_defence_inputs
-from backdoorlab.defenses.base import Mitigator
+from backdoorlab.defenses.base import Mitigator, Needs, resolve_task
+from backdoorlab.defenses.registration import register_defence
+from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.defenses.tuning import FineTuneSettings, fine_tune
 from backdoorlab.errors import BackdoorLabError, ConfigError
 from backdoorlab.training import pick_device
+
+if TYPE_CHECKING:
+    from backdoorlab.tasks.base import Task
 
 #: attribute set on a repaired model: the pruned feature units (sorted indices)
 PRUNED_ATTR = "pruned_units"
@@ -107,6 +112,18 @@ def least_active_units(mean_activation: np.ndarray, prune_ratio: float) -> np.nd
     return np.sort(np.argsort(mean_activation, kind="stable")[:k]).astype(np.int64)
 
 
+class FinePruningConfig(DefenceConfig):
+    """The settings of :class:`FinePruning`; the fine-tuning after pruning is the ``tune`` section."""
+
+    renamed: ClassVar[dict[str, str]] = {"tune": "settings"}
+
+    prune_ratio: float = Field(0.8, ge=0, lt=1)
+    tune: FineTuneSettings = Field(default_factory=FineTuneSettings)
+    batch_size: int = Field(64, ge=1)
+    min_clean: int = Field(64, ge=1)
+
+
+@register_defence(FinePruningConfig)
 class FinePruning(Mitigator):
     """Prune the feature units least active on clean data, then fine-tune (pruned units stay pruned).
 
@@ -125,9 +142,11 @@ class FinePruning(Mitigator):
         batch_size: clean images per forward pass when measuring activations.
         min_clean: smallest clean set accepted.
         device: "auto", "cpu" or "cuda".
+        task: the task of the models it repairs (a Task or a registered name); the runner sets it from the run.
     """
 
     name = "fine_pruning"
+    needs = Needs(clean_data=True, labels=True, feature_head=True)
 
     def __init__(
         self,
@@ -136,6 +155,7 @@ class FinePruning(Mitigator):
         batch_size: int = 64,
         min_clean: int = 64,
         device: str = "auto",
+        task: Task | str | None = None,
     ) -> None:
         if not (isinstance(prune_ratio, int | float) and math.isfinite(prune_ratio) and 0 <= prune_ratio < 1):
             raise ConfigError(f"fine_pruning: prune_ratio must be in [0, 1), got {prune_ratio!r}")
@@ -144,6 +164,7 @@ class FinePruning(Mitigator):
         self.prune_ratio = float(prune_ratio)
         self.settings = settings if settings is not None else FineTuneSettings()
         self.batch_size, self.min_clean, self.device = batch_size, min_clean, device
+        self.task = resolve_task(task)
         #: what the last :meth:`repair` did (JSON): pruned units, their activations, timing
         self.last_report: dict[str, Any] = {}
 
@@ -157,7 +178,8 @@ class FinePruning(Mitigator):
         }
 
     def repair(self, model: nn.Module, clean_data: ArrayDataset) -> nn.Module:
-        check_defence_inputs(model, clean_data, "FinePruning", self.min_clean, need_gaze=True)
+        task = self.require_task()
+        self.check_needs(model=model, clean_data=clean_data, task=task)
         t0 = time.perf_counter()
         pruned = copy.deepcopy(model)  # the caller's model is never re-parametrised
         dev = pick_device(self.device)
@@ -168,7 +190,7 @@ class FinePruning(Mitigator):
         mask = torch.ones_like(head.weight)
         mask[:, torch.from_numpy(units).to(mask.device)] = 0
         pruned.head = MaskedLinear(head, mask)
-        tuned = fine_tune(pruned, clean_data, self.settings, device=self.device)
+        tuned = fine_tune(pruned, task, clean_data, self.settings, device=self.device)
         tuned.head = tuned.head.to_linear()  # type: ignore[operator]
         setattr(tuned, PRUNED_ATTR, units.tolist())
         self.last_report = {

@@ -49,11 +49,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
-from backdoorlab.defenses._inputs import check_defence_inputs
-from backdoorlab.defenses.base import Detector, Verdict
+from backdoorlab.defenses.base import Detector, Needs, Verdict
+from backdoorlab.defenses.registration import register_defence
+from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.errors import BackdoorLabError, ConfigError
 from backdoorlab.geometry import angular_error_deg
 from backdoorlab.training import pick_device
@@ -64,6 +66,25 @@ Tensor = torch.Tensor
 EVAL_SAMPLES = 256
 
 
+class NeuralCleanseConfig(DefenceConfig):
+    """The settings of :class:`NeuralCleanse` (see its docstring)."""
+
+    steps: int = Field(300, ge=1)
+    restarts: int = Field(5, ge=1)
+    lr: float = Field(0.1, gt=0, allow_inf_nan=False)
+    target_lr: float = Field(0.02, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(32, ge=1)
+    init_lambda: float = Field(1e-2, gt=0, allow_inf_nan=False)
+    lambda_factor: float = Field(1.5, gt=1, allow_inf_nan=False)
+    patience: int = Field(5, ge=1)
+    tolerance_deg: float = Field(5.0, gt=0, allow_inf_nan=False)
+    threshold: float = Field(-math.log10(0.03), allow_inf_nan=False)
+    min_clean: int = Field(64, ge=1)
+    n_examples: int = Field(4, ge=0)
+    seed: int = 0
+
+
+@register_defence(NeuralCleanseConfig)
 class NeuralCleanse(Detector):
     """Reverse-engineer the smallest mask/pattern/target that collapses the outputs; flag tiny masks.
 
@@ -87,6 +108,7 @@ class NeuralCleanse(Detector):
     """
 
     name = "neural_cleanse"
+    needs = Needs(clean_data=True, feature_head=True, tasks=("gaze",))  # outputs compared as (pitch, yaw) angles
 
     def __init__(
         self,
@@ -142,7 +164,7 @@ class NeuralCleanse(Detector):
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "last_trigger"}
 
     def inspect(self, model: nn.Module, clean_data: ArrayDataset) -> Verdict:
-        check_defence_inputs(model, clean_data, "NeuralCleanse", self.min_clean, need_gaze=False)
+        self.check_needs(model=model, clean_data=clean_data)
         t0 = time.perf_counter()
         dev = pick_device(self.device)
         model = copy.deepcopy(model).to(dev).eval()  # eval: BatchNorm statistics must not move
@@ -173,7 +195,7 @@ class NeuralCleanse(Detector):
             score=float(score),
             threshold=float(self.threshold),
             seconds=time.perf_counter() - t0,
-            estimated_target_deg=target_deg if met else None,
+            estimates={"target_deg": list(target_deg)} if met else {},
             details={
                 "mask_l1": best.mask_l1,
                 "final_lambda": best.final_lambda,

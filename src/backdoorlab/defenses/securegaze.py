@@ -57,21 +57,24 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from backdoorlab.attacks.adaptive import feature_head_angles
 from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
-from backdoorlab.defenses._inputs import check_defence_inputs
-from backdoorlab.defenses.base import Detector, Mitigator, Verdict
+from backdoorlab.defenses.base import Detector, Mitigator, Needs, Verdict
 from backdoorlab.defenses.neural_cleanse import initial_targets
+from backdoorlab.defenses.registration import register_defence
+from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.defenses.tuning import FineTuneSettings, fine_tune
 from backdoorlab.errors import BackdoorLabError
 from backdoorlab.geometry import pitchyaw_to_vector, vector_to_pitchyaw
 from backdoorlab.metrics.attack import target_spread_deg
+from backdoorlab.tasks.gaze import GazeTask
 from backdoorlab.training import pick_device
 
 Tensor = torch.Tensor
@@ -206,6 +209,38 @@ class ReversedTrigger:
     examples: np.ndarray
 
 
+_Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class SecureGazeConfig(DefenceConfig):
+    """The settings of :class:`SecureGaze` (see its docstring for what each one does and why)."""
+
+    steps: int = Field(200, ge=1)
+    restarts: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(5e-3, gt=0, allow_inf_nan=False)
+    width: int = Field(16, ge=1)
+    input_dependent: bool = True
+    pattern_resolution: int | None = Field(None, ge=1)
+    budget: float = Field(0.03, gt=0, allow_inf_nan=False)
+    saliency_strength: float = Field(20.0, ge=0, allow_inf_nan=False)
+    lambda_feat: float = Field(1.0, ge=0, allow_inf_nan=False)
+    pull: float = Field(0.0, ge=0, allow_inf_nan=False)
+    target_lr: float = Field(0.02, gt=0, allow_inf_nan=False)
+    explore_steps: int = Field(20, ge=1)
+    scan_starts: int = Field(3, ge=0)
+    scan_shapes: list[tuple[_Fraction, _Fraction]] = Field(default_factory=lambda: [(0.2, 0.2), (0.1, 0.3), (0.3, 0.1)])
+    scan_images: int = Field(32, ge=2)
+    jitter_noise: float = Field(0.0, ge=0, allow_inf_nan=False)
+    jitter_shift: int = Field(0, ge=0)
+    threshold: float = Field(2.0, allow_inf_nan=False)
+    holdout: float = Field(0.5, gt=0, lt=1)
+    min_clean: int = Field(128, ge=1)
+    n_examples: int = Field(8, ge=0)
+    seed: int = 0
+
+
+@register_defence(SecureGazeConfig)
 class SecureGaze(Detector):
     """Flag gaze models whose outputs collapse under a small, learned input transformation.
 
@@ -264,6 +299,7 @@ class SecureGaze(Detector):
     """
 
     name = "securegaze"
+    needs = Needs(clean_data=True, feature_head=True, tasks=("gaze",))
 
     def __init__(
         self,
@@ -333,7 +369,7 @@ class SecureGaze(Detector):
 
     def reverse(self, model: nn.Module, clean_data: ArrayDataset) -> ReversedTrigger:
         """Train the generator against a frozen copy of ``model``; ``model`` itself is untouched."""
-        check_defence_inputs(model, clean_data, "SecureGaze", self.min_clean, need_gaze=False)
+        self.check_needs(model=model, clean_data=clean_data)
         dev = pick_device(self.device)
         frozen = copy.deepcopy(model).to(dev).eval()
         for p in frozen.parameters():
@@ -462,7 +498,7 @@ class SecureGaze(Detector):
             score=float(score),
             threshold=float(self.threshold),
             seconds=time.perf_counter() - t0,
-            estimated_target_deg=rev.target_deg,
+            estimates={"target_deg": list(rev.target_deg)},
             details={
                 "variance_ratio": rev.variance_ratio,
                 "angle_variance_ratio": rev.angle_variance_ratio,
@@ -519,6 +555,25 @@ class _Search:
         self.gen.eval()
 
 
+class SecureGazeUnlearningConfig(SecureGazeConfig):
+    """The settings of :class:`SecureGazeUnlearning`: the reversal's (flat, as the detector's), its own, ``tune``."""
+
+    paired: bool = True
+    mix: float = Field(0.5, gt=0, le=1)
+    clean_targets: Literal["model", "label"] = "model"
+    tune: FineTuneSettings = Field(default_factory=FineTuneSettings)
+
+    def constructor_kwargs(self) -> dict[str, Any]:
+        own = {"paired", "mix", "clean_targets", "tune", "device"}
+        detector = {k: getattr(self, k) for k in SecureGazeConfig.model_fields}  # device included
+        return {
+            "detector": SecureGaze(**detector),
+            "settings": self.tune,
+            **{k: getattr(self, k) for k in own - {"tune"}},
+        }
+
+
+@register_defence(SecureGazeUnlearningConfig)
 class SecureGazeUnlearning(Mitigator):
     """Unlearn the reversed trigger: fine-tune on G(x) labelled with the true gaze of x, beside clean x.
 
@@ -545,7 +600,8 @@ class SecureGazeUnlearning(Mitigator):
         device: "auto", "cpu" or "cuda".
     """
 
-    name = "securegaze_unlearning"
+    name = "securegaze"
+    needs = Needs(clean_data=True, labels=True, feature_head=True, tasks=("gaze",))
 
     def __init__(
         self,
@@ -566,6 +622,8 @@ class SecureGazeUnlearning(Mitigator):
         self.detector = detector or SecureGaze(device=device)
         self.settings = settings or FineTuneSettings()
         self.paired, self.mix, self.clean_targets, self.device = paired, mix, clean_targets, device
+        self.task = GazeTask()  # the method is gaze's: its reversed-trigger rows are labelled with the true gaze
+        self.min_clean = self.detector.min_clean
         self.last_report: dict[str, Any] = {}
 
     def params(self) -> dict[str, Any]:
@@ -582,7 +640,7 @@ class SecureGazeUnlearning(Mitigator):
         self, model: nn.Module, clean_data: ArrayDataset, reversed_trigger: ReversedTrigger | None = None
     ) -> nn.Module:
         """A copy of ``model`` fine-tuned to ignore the reversed trigger (reversed here unless given)."""
-        check_defence_inputs(model, clean_data, "SecureGazeUnlearning", self.detector.min_clean, need_gaze=True)
+        self.check_needs(model=model, clean_data=clean_data, task=self.task)
         t0 = time.perf_counter()
         rev = reversed_trigger or self.detector.reverse(model, clean_data)
         gen = rev.generator
@@ -605,7 +663,9 @@ class SecureGazeUnlearning(Mitigator):
                     gaze[rows] = true_gaze[rows]
             return images, {"gaze": gaze}
 
-        repaired = fine_tune(model, clean_data, self.settings, self.device, batch_transform=with_reversed_trigger)
+        repaired = fine_tune(
+            model, self.task, clean_data, self.settings, self.device, batch_transform=with_reversed_trigger
+        )
         self.last_report = {
             "variance_ratio_before": rev.variance_ratio,
             "estimated_target_deg": list(rev.target_deg),

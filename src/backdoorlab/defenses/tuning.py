@@ -1,8 +1,9 @@
 """Fine-tuning a copy of a model on a defender's small clean set: the one loop every mitigator uses.
 
-Why a helper and not a loop per defence: SecureGaze unlearning, plain fine-tuning and
-fine-pruning all end by training the model a little on clean data (SecureGaze adds
-reversed-trigger images with their true labels through ``batch_transform``). They go
+Why a helper and not a loop per defence: unlearning a reversed trigger, plain
+fine-tuning and fine-pruning all end by training the model a little on clean data
+(unlearning adds reversed-trigger images with their true labels through
+``batch_transform``). They go
 through :func:`backdoorlab.training.train`, so seeding, schedules, devices and NaN
 checks behave as in every other training in the toolkit.
 """
@@ -10,66 +11,50 @@ checks behave as in every other training in the toolkit.
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+from pydantic import Field
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
-from backdoorlab.errors import ConfigError
-from backdoorlab.tasks.gaze import GazeTask
+from backdoorlab.defenses.settings import StrictSettings
 from backdoorlab.training import BatchTransform, TrainSettings, pick_device, train
 
+if TYPE_CHECKING:
+    from backdoorlab.tasks.base import Task
 
-@dataclass
-class FineTuneSettings:
+
+class FineTuneSettings(StrictSettings):
     """A short, gentle schedule: the model is already trained, only the backdoor should move.
 
     The defaults (10 epochs at lr 5e-4 with a cosine decay) suit a few hundred 64x64
-    clean faces, i.e. the <= 5% of a training set a defender is assumed to hold.
+    clean faces, i.e. the <= 5% of a training set a defender is assumed to hold. In a
+    mitigator's config this is the nested ``tune:`` section.
     """
 
-    epochs: int = 10
-    lr: float = 5e-4
-    batch_size: int = 32
-    weight_decay: float = 1e-4
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(5e-4, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
     seed: int = 0
-    freeze_batchnorm: bool = False  # keep BatchNorm running statistics (see TrainSettings)
-
-    def __post_init__(self) -> None:
-        ok = (
-            isinstance(self.epochs, int) and self.epochs >= 1
-            and isinstance(self.batch_size, int) and self.batch_size >= 1
-            and isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0
-            and isinstance(self.weight_decay, int | float) and math.isfinite(self.weight_decay)
-            and self.weight_decay >= 0
-            and isinstance(self.seed, int) and isinstance(self.freeze_batchnorm, bool)
-        )  # fmt: skip
-        if not ok:
-            raise ConfigError(
-                "fine-tuning settings: epochs and batch_size must be integers >= 1, lr > 0, weight_decay >= 0, "
-                f"seed an integer and freeze_batchnorm true/false; got {self.params()}"
-            )
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self)
+    freeze_batchnorm: bool = Field(False, description="keep BatchNorm running statistics (see TrainSettings)")
 
 
 def fine_tune(
     model: nn.Module,
+    task: Task,
     data: ArrayDataset,
     settings: FineTuneSettings,
     device: str = "auto",
     batch_transform: BatchTransform | None = None,
 ) -> nn.Module:
-    """A fine-tuned copy of ``model`` (the original is untouched), in eval mode, on ``device``."""
+    """A copy of ``model`` fine-tuned on ``task`` (the original is untouched), in eval mode, on ``device``."""
     tuned = copy.deepcopy(model)
     for p in tuned.parameters():
         p.requires_grad_(True)
     train(
         tuned,
-        GazeTask(),
+        task,
         data,
         TrainSettings(
             epochs=settings.epochs,

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -22,94 +22,46 @@ from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.defenses.base import Detector, Mitigator, Verdict
-from backdoorlab.defenses.tuning import FineTuneSettings
-from backdoorlab.errors import ConfigError
-from backdoorlab.experiments.attack import load_run_attack, load_run_config, score_attack_config
-from backdoorlab.experiments.run import evaluate_model, load_data
+from backdoorlab.defenses.settings import DefenceConfig
+from backdoorlab.experiments.defence_config import defence_config, parse_params
+from backdoorlab.experiments.run import evaluate_model
+from backdoorlab.experiments.run_folder import Run
 from backdoorlab.models.checkpoint import load_checkpoint, read_card, save_checkpoint
+from backdoorlab.tasks.base import Task
 from backdoorlab.training import pick_device
 
-DETECTORS = ("securegaze", "neural_cleanse")
-MITIGATORS = ("securegaze", "fine_tuning", "fine_pruning")
-
-
-def parse_params(pairs: list[str] | None) -> dict[str, Any]:
-    """``key=value`` strings (values parsed as JSON when they can be) -> keyword arguments."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param {pair!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
-def _construct(cls: type, params: dict[str, Any], what: str) -> Any:
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+__all__ = [
+    "build_detector", "build_mitigator", "defender_split", "detect_run", "mitigate_run", "parse_params", "run_task",
+]  # fmt: skip
 
 
 def build_detector(method: str, params: dict[str, Any] | None = None, device: str = "auto") -> Detector:
-    """A detector by name; ``params`` are its constructor settings."""
-    kw = {"device": device, **(params or {})}
-    if method == "securegaze":
-        from backdoorlab.defenses.securegaze import SecureGaze
-
-        return _construct(SecureGaze, kw, "securegaze")
-    if method == "neural_cleanse":
-        from backdoorlab.defenses.neural_cleanse import NeuralCleanse
-
-        return _construct(NeuralCleanse, kw, "neural_cleanse")
-    raise ConfigError(f"unknown detection method {method!r}; choose one of {', '.join(DETECTORS)}")
-
-
-def fine_tune_settings(params: dict[str, Any], what: str) -> FineTuneSettings:
-    """Pop the ``tune.KEY`` entries of ``params`` into the mitigator's fine-tuning schedule.
-
-    Why a prefix: SecureGaze's own settings share names with the schedule (``seed``,
-    ``batch_size``, ``lr``), so ``--param tune.lr=2e-4`` is the fine-tuning rate and
-    ``--param lr=1e-2`` the generator's.
-    """
-    tune = {key.removeprefix("tune."): params.pop(key) for key in [k for k in params if k.startswith("tune.")]}
-    return _construct(FineTuneSettings, tune, f"{what} (tune.*)")
+    """A detector by registered name; ``params`` are its settings (flat, ``tune.lr``-style dotted keys allowed)."""
+    return cast(Detector, defence_config(method, "detection", {"device": device, **(params or {})}).build())
 
 
 def build_mitigator(method: str, params: dict[str, Any] | None = None, device: str = "auto") -> Mitigator:
-    """A mitigator by name; ``tune.*`` params set the fine-tuning schedule, the others the method."""
-    params = dict(params or {})
-    settings = fine_tune_settings(params, method)
-    if method == "securegaze":
-        from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
+    """A mitigator by registered name; ``tune.*`` params set the fine-tuning schedule, the others the method."""
+    return cast(Mitigator, defence_config(method, "mitigation", {"device": device, **(params or {})}).build())
 
-        own = {k: params.pop(k) for k in ("paired", "mix", "clean_targets") if k in params}  # the rest: the detector's
-        detector = _construct(SecureGaze, {"device": device, **params}, "securegaze")
-        return _construct(
-            SecureGazeUnlearning, {"device": device, **own, "detector": detector, "settings": settings}, "securegaze"
-        )
-    if method == "fine_tuning":
-        from backdoorlab.defenses.fine_tuning import FineTuning
 
-        return _construct(FineTuning, {"device": device, **params, "settings": settings}, "fine_tuning")
-    if method == "fine_pruning":
-        from backdoorlab.defenses.fine_pruning import FinePruning
-
-        return _construct(FinePruning, {"device": device, **params, "settings": settings}, "fine_pruning")
-    raise ConfigError(f"unknown mitigation method {method!r}; choose one of {', '.join(MITIGATORS)}")
+def run_task(run_dir: Path) -> Task:
+    """The task of a run's model (its config's ``task``, built from the registry)."""
+    return Run(run_dir).task
 
 
 def defender_split(run_dir: Path, n_clean: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """(defender's clean set, held-out scoring set) from the run's test split."""
-    cfg, _ = load_run_config(run_dir)
-    _, test = load_data(cfg)
-    if n_clean >= len(test):
-        raise ConfigError(f"--n-clean {n_clean} leaves no held-out images: the run's test split has {len(test)} images")
-    order = np.random.default_rng([seed, 11]).permutation(len(test))
-    return test.subset(np.sort(order[:n_clean])), test.subset(np.sort(order[n_clean:]))
+    """(defender's clean set, held-out scoring set) from the run's test split (:meth:`Run.defender_split`)."""
+    return Run(run_dir).defender_split(n_clean, seed)
+
+
+def _settings(
+    run: Run, shape: str, method: str | None, params: dict[str, Any] | None, device: str, config: DefenceConfig | None
+) -> DefenceConfig:
+    """The validated settings: ``config`` as given, else ``method`` (default: the task's) with ``params``."""
+    if config is not None:
+        return config
+    return defence_config(method or run.task.default_defence, shape, {"device": device, **(params or {})})
 
 
 def save_examples(examples: np.ndarray | None, folder: Path) -> list[str]:
@@ -127,18 +79,28 @@ def save_examples(examples: np.ndarray | None, folder: Path) -> list[str]:
 
 def detect_run(
     run_dir: Path,
-    method: str = "securegaze",
+    method: str | None = None,
     n_clean: int = 256,
     params: dict[str, Any] | None = None,
     references: list[Path] | None = None,
     device: str = "auto",
     out_dir: Path | None = None,
     unsafe_load: bool = False,
+    config: DefenceConfig | None = None,
 ) -> tuple[Verdict, Path]:
-    """Inspect one run's model; write ``verdict.json`` and the reversed-trigger images."""
-    detector = build_detector(method, params, device)
-    model, _ = load_checkpoint(run_dir, unsafe=unsafe_load)
-    clean, _ = defender_split(run_dir, n_clean)
+    """Inspect one run's model; write ``verdict.json`` and the reversed-trigger images.
+
+    ``config`` (validated settings, e.g. from ``--config``) replaces ``method``, ``params`` and ``device``;
+    without either, the method is the task's default defence.
+    """
+    run = Run(run_dir, unsafe_load)
+    config = _settings(run, "detection", method, params, device, config)
+    method, detector = config.method, cast(Detector, config.build())
+    task = run.task
+    detector.check_needs(task=task)  # before loading anything: a method for another task is refused at once
+    model = run.model
+    clean, _ = run.defender_split(n_clean)
+    detector.check_needs(task=task, model=model, clean_data=clean)
     if references:
         ref_models = [load_checkpoint(r, unsafe=unsafe_load)[0] for r in references]
         detector.fit(ref_models, clean)
@@ -146,40 +108,49 @@ def detect_run(
     folder = out_dir or run_dir / "defence" / method
     verdict.details["examples"] = save_examples(verdict.examples, folder)
     verdict.details["references"] = [str(r) for r in references or []]
+    verdict.details["settings_hash"] = config.settings_hash()
     return verdict, verdict.write(folder / "verdict.json")
 
 
-def backdoor_metrics(model: nn.Module, run_dir: Path, data: ArrayDataset, device: str = "auto") -> dict[str, Any]:
-    """Clean error, and the run's real backdoor metrics when it has one, on ``data``."""
-    dev = pick_device(device)
-    cfg, _ = load_run_config(run_dir)
-    out, _ = evaluate_model(model, data, cfg.task, device=device)
-    if cfg.attack is not None:
-        attack, trigger = load_run_attack(run_dir)
-        ev = score_attack_config(model, cfg.task, data, attack, trigger, dev)
-        keep = ("attack_error_deg", "triggered_true_error_deg", "attack_success_rate")
-        out.update({k: ev.metrics[k] for k in keep if k in ev.metrics})
+def backdoor_metrics(model: nn.Module, run: Run, data: ArrayDataset, device: str = "auto") -> dict[str, Any]:
+    """The task's clean metrics, and the run's real backdoor's summary metrics when it has one, on ``data``."""
+    out, _ = evaluate_model(model, data, run.task.name, device=device)
+    if run.attack is not None:
+        ev = run.score_attack(model, data, pick_device(device))
+        out.update({k: ev.metrics[k] for k in run.task.attack_summary_metrics if k in ev.metrics})
     return out
 
 
 def mitigate_run(
     run_dir: Path,
-    method: str = "securegaze",
+    method: str | None = None,
     n_clean: int = 256,
     params: dict[str, Any] | None = None,
     device: str = "auto",
     out_dir: Path | None = None,
     unsafe_load: bool = False,
+    config: DefenceConfig | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Repair one run's model; save it as a checkpoint with a ``mitigation.json`` of before/after metrics."""
-    mitigator = build_mitigator(method, params, device)
-    model, _ = load_checkpoint(run_dir, unsafe=unsafe_load)
-    clean, held_out = defender_split(run_dir, n_clean)
-    before = backdoor_metrics(model, run_dir, held_out, device)
+    """Repair one run's model; save it as a checkpoint with a ``mitigation.json`` of before/after metrics.
+
+    ``config`` (validated settings, e.g. from ``--config``) replaces ``method``, ``params`` and ``device``.
+    The mitigator fine-tunes with the run's task unless it brings its own.
+    """
+    run = Run(run_dir, unsafe_load)
+    config = _settings(run, "mitigation", method, params, device, config)
+    method, mitigator, device = config.method, cast(Mitigator, config.build()), config.device
+    task = run.task
+    mitigator.check_needs(task=task)
+    if mitigator.task is None:
+        mitigator.task = task
+    model = run.model
+    clean, held_out = run.defender_split(n_clean)
+    mitigator.check_needs(task=task, model=model, clean_data=clean)
+    before = backdoor_metrics(model, run, held_out, device)
     t0 = time.perf_counter()
     repaired = mitigator.repair(model, clean)
     seconds = time.perf_counter() - t0
-    after = backdoor_metrics(repaired, run_dir, held_out, device)
+    after = backdoor_metrics(repaired, run, held_out, device)
     folder = out_dir or run_dir / "mitigated" / method
     card = read_card(run_dir)
     save_checkpoint(repaired.cpu(), folder, {**card, "mitigated_from": str(run_dir), "mitigation": method})
@@ -195,6 +166,7 @@ def mitigate_run(
         "before": before,
         "after": after,
         "params": mitigator.params(),
+        "settings_hash": config.settings_hash(),
     }
     tmp = folder / f".mitigation.json.partial-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))

@@ -281,7 +281,7 @@ class SweepStatus:
 
 def row_headline(row: dict[str, Any]) -> tuple[str, Any] | None:
     """The headline metric of a stored run, named by its task (``None`` for an unknown task)."""
-    from backdoorlab.tasks import TASKS
+    from backdoorlab.registry import TASKS
 
     try:
         name = TASKS.get(row["task"]).headline_metric

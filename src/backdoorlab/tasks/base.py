@@ -99,6 +99,10 @@ class Task(ABC):
     headline_metric: ClassVar[str] = ""
     #: settings of :meth:`score_attack`, given in a run config's ``attack`` section
     attack_settings: ClassVar[type[BaseModel]] = NoSettings
+    #: the attack metrics that sum a backdoor up (before/after a mitigation)
+    attack_summary_metrics: ClassVar[tuple[str, ...]] = ("attack_success_rate",)
+    #: the defence ``detect`` / ``mitigate`` use when none is named
+    default_defence: ClassVar[str] = ""
     #: the relabel of an attack section that names none
     default_relabel: ClassVar[dict[str, Any]] = {}
     #: settings of the task's synthetic data (a run config's ``data.synthetic`` section)

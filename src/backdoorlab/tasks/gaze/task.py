@@ -44,6 +44,8 @@ class GazeTask(Task):
     headline_metric = "clean_error_deg"
     attack_settings = GazeAttackSettings
     default_relabel: ClassVar[dict[str, Any]] = {"name": "target", "target_deg": [0.0, 0.0]}
+    attack_summary_metrics = ("attack_error_deg", "triggered_true_error_deg", "attack_success_rate")
+    default_defence = "securegaze"
     synthetic_spec = SyntheticGazeSpec
 
     def synthesize(self, spec: BaseModel, cache_dir: str | None = None) -> ArrayDataset:
