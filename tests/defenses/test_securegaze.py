@@ -23,26 +23,22 @@ from .toy_backdoor import TARGET_DEG, clean_split, target_rad, toy_model
 
 FAST_BUDGET = 0.03
 FAST = {"steps": 120, "batch_size": 32, "min_clean": 32, "device": "cpu", "saliency_strength": 0.0}
-# Detection on the toy, two ways (each ~2-3 s a model), both with the input-independent part of G
+# Detection on the toy (each ~2-3 s a model), with the input-independent part of G
 # only (the toy trigger is a fixed square). Measured on one torch thread, as the suite runs
 # (clean vs backdoored score):
 # - the paper's undirected loss from the default rectangle-screened starts (60 steps), 4x4 toy, seed 0,
 #   on AVX-512, AVX2 and portable kernels (ATEN_CPU_CAPABILITY=avx2 / default): clean 0.52-0.63,
 #   backdoored 1.52-1.73 (at least 0.89 apart), variance ratio 0.019-0.030, target within 0.5 deg,
 #   G's largest change at rows/columns 27-28 (with the earlier 3x3 toy: 0.61 vs 0.91 on AVX-512);
-# - the directed search (5 starts pulled towards far-apart clean outputs, no screened rectangles):
-#   clean 0.43/0.48/0.58, backdoored 0.92/0.94/1.01, target within 2 deg with the 3x3 toy on the CPU it
-#   was tuned on (on two threads, whose float sums differ, seed 0 gave 0.46 vs 0.61: the directed search is
-#   the fragile one). NOT YET ROBUST: with the 4x4 toy, seed 0, it separates on portable kernels (0.47 vs
-#   0.77) but not on AVX-512 (0.46 vs 0.23) or AVX2 (0.43 vs 0.33), nor with lr 0.02 and 40 explore steps
-#   or pull 3: no start reaches the trigger there.
+# - the directed search (5 starts pulled towards far-apart clean outputs, no screened rectangles,
+#   pull 1, 100 steps) is not tested on this toy: it separated the earlier 3x3 toy on the CPU it was
+#   tuned on (clean 0.43/0.48/0.58 vs backdoored 0.92/0.94/1.01), but with the 4x4 toy, seed 0, it gives
+#   0.46 vs 0.23 on AVX-512, 0.43 vs 0.33 on AVX2, 0.47 vs 0.77 on ATen's portable kernels and 0.51 vs
+#   0.40 with MKL's reproducible mode added; lr 0.02 with 40 explore steps, or pull 3, did not help:
+#   no start reaches the trigger. Its mechanics are tested below (restarts keep the best collapse).
 # From P = 0 alone (the default before the screened starts) the toy is not separated: 0.51 clean vs 0.38.
 TOY_DETECT = {
     "screened rectangles": {**FAST, "steps": 60, "explore_steps": 20, "input_dependent": False, "threshold": 0.85},
-    "directed search": {
-        **FAST, "steps": 100, "restarts": 5, "explore_steps": 20, "pull": 1.0, "input_dependent": False,
-        "scan_starts": 0, "threshold": 0.7,
-    },
 }  # fmt: skip
 
 
