@@ -31,6 +31,8 @@ def boxes() -> dict[str, tuple[float, float]]:
     rows: dict[int, list[str]] = {}
     for path in sources():
         g = group_of(module_name(path))
+        if g == "__init__":  # the package's face: it only hands a version string on
+            continue
         layer = layer_of(g if not g.startswith("tasks.") else "tasks")
         rows.setdefault(layer, [])
         if g not in rows[layer]:
@@ -46,8 +48,10 @@ def boxes() -> dict[str, tuple[float, float]]:
 def draw(out: Path) -> Path:
     pos = boxes()
     fig, ax = plt.subplots(figsize=(11, 8.5))
-    w, h = 0.13, 0.42
+    w, h = 0.12, 0.42
     for (a, b), n in sorted(group_arrows().items()):
+        if a not in pos or b not in pos:
+            continue
         (xa, ya), (xb, yb) = pos[a], pos[b]
         up = yb > ya
         ax.add_patch(FancyArrowPatch(

@@ -333,10 +333,9 @@ class Zoo:
         before_it_existed: Mapping[str, Any] | None = None,
     ) -> ZooVerdict | None:
         """The newest stored verdict that ``settings`` would make again (see :func:`settings_match`), if any."""
-        for record in self.store_of(model).verdicts(model.run_id, method):
-            if settings_match(record["settings"], settings, defaults or settings, before_it_existed):
-                return ZooVerdict.from_record(record)
-        return None
+        records = self.store_of(model).verdicts(model.run_id, method)
+        record = _newest_matching(records, settings, defaults, before_it_existed)
+        return None if record is None else ZooVerdict.from_record(record)
 
     def record_mitigation(self, model: ZooModel, method: str, record: MitigationRecord) -> None:
         self.store_of(model).record_mitigation(
@@ -352,10 +351,9 @@ class Zoo:
         before_it_existed: Mapping[str, Any] | None = None,
     ) -> MitigationRecord | None:
         """The newest stored repair that ``settings`` would make again, if any."""
-        for record in self.store_of(model).mitigations(model.run_id, method):
-            if settings_match(record["settings"], settings, defaults or settings, before_it_existed):
-                return MitigationRecord.from_record(record)
-        return None
+        records = self.store_of(model).mitigations(model.run_id, method)
+        record = _newest_matching(records, settings, defaults, before_it_existed)
+        return None if record is None else MitigationRecord.from_record(record)
 
 
 @dataclass(frozen=True)
@@ -411,3 +409,16 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _leaf(key: str) -> str:
     return key.rsplit(".", 1)[-1]
+
+
+def _newest_matching(
+    records: list[dict[str, Any]],
+    settings: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None,
+    before_it_existed: Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """The first (newest) stored record whose settings ``settings`` would reproduce."""
+    for record in records:
+        if settings_match(record["settings"], settings, defaults or settings, before_it_existed):
+            return record
+    return None

@@ -94,6 +94,7 @@ def prepare_extra_sections(sections: Sequence[Mapping[str, Any]] | None) -> list
                 "title": str(sec["title"]),
                 "html": Markup(html) if html else None,
                 "images": images,
+                "metrics": [],  # (name, formatted value) rows; a page may fill them in
             }
         )
     return out

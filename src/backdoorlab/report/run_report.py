@@ -33,7 +33,7 @@ def render_run_report(
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__,
         summary=_rows(summary),
-        sections=prepared,
+        extra_sections=prepared,
         config_text=config_text,
     )
 
