@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +267,35 @@ def test_frozen_batchnorm_keeps_running_statistics_and_still_trains(faces: Array
     assert all(torch.equal(before[k], v) for k, v in bn_stats(frozen).items())
     assert any(not torch.equal(before[k], v) for k, v in bn_stats(moving).items())
     assert not torch.equal(frozen.head.weight, _fresh(3).head.weight)  # the weights did train
+
+
+def test_modules_owned_by_the_task_are_trained_with_the_model_and_saved_beside_it(
+    faces: ArrayDataset, tmp_path: Path
+) -> None:
+    import torch.nn.functional as F
+
+    from backdoorlab.models.checkpoint import load_task_modules, save_task_modules
+    from backdoorlab.tasks.base import StepOutput
+
+    class ScaledGaze(GazeTask):
+        """Gaze through a trainable 2x2 map that belongs to the task (like a margin head), not the model."""
+
+        def build_modules(self, model: torch.nn.Module, data: ArrayDataset) -> dict[str, torch.nn.Module]:
+            return {"scale": torch.nn.Linear(2, 2)}
+
+        def training_step(self, model, modules, images, targets):  # type: ignore[no-untyped-def]
+            out = modules["scale"](model(images))
+            return StepOutput(F.l1_loss(out, targets), {"l1": F.l1_loss(out, targets)})
+
+    task = ScaledGaze()
+    model = _fresh(3)
+    modules = task.build_modules(model, faces)
+    before = modules["scale"].weight.detach().clone()
+    result = train(model, task, faces, _settings(seed=3), modules=modules)
+    assert not torch.equal(before, modules["scale"].weight)  # optimised with the model
+    assert "l1" in result.history[-1]  # a named part is logged per epoch
+    assert not any(k.startswith("scale") for k in model.state_dict())  # and not part of the model
+    save_task_modules(modules, tmp_path)
+    again = task.build_modules(model, faces)
+    load_task_modules(again, tmp_path)
+    assert torch.equal(again["scale"].weight, modules["scale"].weight)
