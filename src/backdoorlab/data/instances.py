@@ -175,6 +175,16 @@ def _schema_of(columns: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ..
 
 
 # --------------------------------------------------------------------- the table
+
+def _check_table(offsets: np.ndarray, columns: Mapping[str, Any]) -> None:
+    """One DatasetError naming the first problem of offsets + columns (numpy arrays or tensors)."""
+    problem = _offsets_problem(offsets)
+    if problem is None:
+        m = int(offsets[-1])
+        problem = next(filter(None, (_column_problem(k, v, m) for k, v in columns.items())), None)
+    if problem is not None:
+        raise DatasetError(problem)
+
 @dataclass(frozen=True, eq=False, repr=False)
 class InstanceTable:
     """The stored form: ``offsets`` (N+1,) int64 and ``columns`` whose first axis is the instance (M).
@@ -186,12 +196,7 @@ class InstanceTable:
     columns: dict[str, np.ndarray]
 
     def __post_init__(self) -> None:
-        problem = _offsets_problem(self.offsets)
-        if problem is None:
-            m = int(self.offsets[-1])
-            problem = next(filter(None, (_column_problem(k, v, m) for k, v in self.columns.items())), None)
-        if problem is not None:
-            raise DatasetError(problem)
+        _check_table(self.offsets, self.columns)
 
     # ---------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -354,12 +359,7 @@ class InstanceBatch:
     def __post_init__(self) -> None:
         if not isinstance(self.offsets, torch.Tensor) or self.offsets.device.type != "cpu":
             raise DatasetError("InstanceBatch offsets must be a CPU int64 tensor")
-        problem = _offsets_problem(self.offsets.numpy())
-        if problem is None:
-            m = int(self.offsets[-1])
-            problem = next(filter(None, (_column_problem(k, v, m) for k, v in self.columns.items())), None)
-        if problem is not None:
-            raise DatasetError(problem)
+        _check_table(self.offsets.numpy(), self.columns)
 
     def __len__(self) -> int:
         """Number of images (B)."""
