@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -216,6 +215,3 @@ def to_device(value: Any, device: torch.device | str) -> Any:
         return value.to(device)
     return value
 
-
-def as_numpy(values: Any) -> np.ndarray:
-    return values.numpy() if isinstance(values, Tensor) else np.asarray(values)
