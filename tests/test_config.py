@@ -29,10 +29,13 @@ def test_defaults_validate() -> None:
     assert validate_config(yaml.safe_load(cfg.to_yaml())).config_hash() == cfg.config_hash()
 
 
-def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
+def test_an_empty_file_is_refused_not_read_as_all_defaults(tmp_path: Path) -> None:
     p = tmp_path / "empty.yaml"
     p.write_text("# nothing but a comment\n")
-    assert load_config(p) == RunConfig()
+    with pytest.raises(ConfigError, match=r"empty\.yaml is empty"):
+        load_config(p)
+    p.write_text("name: defaults\n")  # all defaults, said out loud
+    assert load_config(p) == RunConfig(name="defaults")
 
 
 def test_packaged_demo_config_validates() -> None:

@@ -316,3 +316,19 @@ def test_runs_sweep_watch_stops_on_ctrl_c(
     result = invoke(runner, "runs", "--sweep", path, "--store", db_path, "--watch", "1")
     assert result.exit_code == 0, result.output
     assert "stopped watching" in result.output and "Traceback" not in result.output
+
+
+def test_a_nested_override_merges_key_by_key_like_its_dotted_form(tmp_path: Path, cache: Path) -> None:
+    attack = {"trigger": {"name": "blend", "alpha": 0.2}, "relabel": {"name": "target", "target_deg": [5, 5]}}
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(cache, attack=attack))
+    nested = write_yaml(tmp_path / "nested.yaml", {"base": base.name, "runs": [{"attack": {"rate": 0.05}}]})
+    flat = write_yaml(tmp_path / "flat.yaml", {"base": base.name, "runs": [{"attack.rate": 0.05}]})
+    (a,), (b,) = expand(*load_sweep(nested)), expand(*load_sweep(flat))
+    assert a.config.attack is not None and a.config.attack.rate == 0.05
+    assert a.config.attack.trigger["name"] == "blend" and a.config.attack.relabel["target_deg"] == [5.0, 5.0]
+    assert a.config.attack == b.config.attack
+
+
+def test_an_empty_sweep_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is empty"):
+        load_sweep(write_yaml(tmp_path / "empty.yaml", None))

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -295,6 +296,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> dotted keys, so that an override sets one key of a section, not the whole section.
+
+    An empty mapping stays a value (there is no key inside it to set).
+    """
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = copy.deepcopy(raw)
     for text in overrides:
@@ -323,14 +338,20 @@ def validate_config(raw: Any, origin: str = "config", context: dict[str, Any] | 
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], what: str = "config file") -> dict[str, Any]:
-    """A YAML file whose top level is a mapping (empty file = ``{}``), or one ConfigError naming it."""
+    """A YAML file whose top level is a mapping, or one ConfigError naming it.
+
+    An empty file (or one holding only comments) is refused: read as "all defaults" it
+    would silently start a full-size run, sweep or attack nobody asked for.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raise ConfigError(f"{p} is empty: a {what} needs at least one key (write `name: ...` for all defaults)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys")
     return raw

@@ -25,7 +25,7 @@ from pydantic import BaseModel, create_model
 from backdoorlab.defenses.registration import defence_config_class
 from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.errors import ConfigError
-from backdoorlab.experiments.config import read_yaml_mapping, validate_model
+from backdoorlab.experiments.config import dotted, read_yaml_mapping, validate_model
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, Any]:
@@ -98,18 +98,7 @@ def load_defence_config(
     if method is not None and raw.get("method", method) != method:
         raise ConfigError(f"{path}: method {raw['method']!r} does not match --method {method!r}")
     raw.pop("method", None)
-    merged = nest({**_flatten(raw), **dict(params or {})})
+    merged = nest({**dotted(raw), **dict(params or {})})
     if device is not None:
         merged["device"] = device
     return defence_config(str(chosen), shape, merged, str(path) if path is not None else "--param")
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections -> dotted keys, so that a ``--param`` overrides one key of a section, not the section."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

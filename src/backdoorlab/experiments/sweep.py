@@ -52,6 +52,7 @@ from backdoorlab.errors import BackdoorLabError, ConfigError
 from backdoorlab.experiments.config import (
     RunConfig,
     apply_overrides,
+    dotted,
     read_yaml_mapping,
     validate_config,
     validate_model,
@@ -101,8 +102,9 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[SweepSpec, dict[str, Any]]
     return spec, base
 
 
-def _nest(flat: dict[str, Any]) -> list[str]:
-    return [f"{k}={json.dumps(v)}" for k, v in flat.items()]
+def _overrides(point: dict[str, Any]) -> list[str]:
+    """A sweep point as dotted overrides: a nested mapping merges key by key, exactly like its dotted form."""
+    return [f"{k}={json.dumps(v)}" for k, v in dotted(point).items()]
 
 
 def expand(spec: SweepSpec, base: dict[str, Any], origin: str = "sweep") -> list[PlannedRun]:
@@ -119,7 +121,7 @@ def expand(spec: SweepSpec, base: dict[str, Any], origin: str = "sweep") -> list
     seen: set[str] = set()
     for i, point in enumerate(points):
         digest = hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        raw = apply_overrides(common, [*_nest(point), f"name={spec.name}-{digest}"])
+        raw = apply_overrides(common, [*_overrides(point), f"name={spec.name}-{digest}"])
         cfg = validate_config(raw, f"{origin} run {i} {point}")
         if cfg.config_hash() in seen:
             continue
