@@ -299,3 +299,9 @@ def test_modules_owned_by_the_task_are_trained_with_the_model_and_saved_beside_i
     again = task.build_modules(model, faces)
     load_task_modules(again, tmp_path)
     assert torch.equal(again["scale"].weight, modules["scale"].weight)
+
+
+def test_a_loss_that_blows_up_without_nan_is_divergence(faces: ArrayDataset) -> None:
+    # the allowed maximum learning rate: the gaze L1 goes from ~0.5 to ~2e5 in the first epoch, all finite
+    with pytest.raises(TrainingDivergedError, match=r"over 1000x the first step's"):
+        train(_fresh(0), GazeTask(), faces, _settings(epochs=6, lr=10.0))

@@ -74,6 +74,11 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 SCHEDULES = ("cosine", "step", "constant")
+# A loss this many times the first step's has blown up even if it is finite (a learning rate at
+# the allowed maximum takes a gaze L1 from 0.5 to 2e5 in one epoch); the floor keeps a run that
+# starts near zero (fine-tuning a trained model) from tripping on noise.
+DIVERGENCE_FACTOR = 1000.0
+DIVERGENCE_FLOOR = 1e-2
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -139,6 +144,7 @@ def train(
     total = steps_per_epoch * settings.epochs
     warmup = int(settings.warmup_epochs * steps_per_epoch)
     result = TrainResult()
+    first_loss: float | None = None  # the reference a blow-up is measured against
     step = 0
     start = time.perf_counter()
     bar = tqdm(total=total, disable=not settings.progress, desc="train", unit="step", leave=False)
@@ -169,11 +175,20 @@ def train(
                 opt.step()
                 running += loss.detach()
                 step += 1
-                if step % settings.nan_check_every == 0 and not torch.isfinite(loss).item():
-                    raise TrainingDivergedError(
-                        f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, step {b + 1}; "
-                        f"lower the learning rate (now {settings.lr}) or check the data for NaNs"
-                    )
+                if step % settings.nan_check_every == 0 or step == 1:
+                    value = float(loss.detach())  # one sync: the finiteness and the blow-up checks share it
+                    first_loss = value if first_loss is None else first_loss
+                    if not math.isfinite(value):
+                        raise TrainingDivergedError(
+                            f"training diverged: loss is {value} at epoch {epoch + 1}, step {b + 1}; "
+                            f"lower the learning rate (now {settings.lr}) or check the data for NaNs"
+                        )
+                    if value > DIVERGENCE_FACTOR * max(first_loss, DIVERGENCE_FLOOR):
+                        raise TrainingDivergedError(
+                            f"training diverged: loss {value:.4g} at epoch {epoch + 1}, step {b + 1} is over "
+                            f"{DIVERGENCE_FACTOR:g}x the first step's {first_loss:.4g}; "
+                            f"lower the learning rate (now {settings.lr})"
+                        )
                 bar.update(1)
             mean_loss = float(running) / steps_per_epoch
             if not math.isfinite(mean_loss):
