@@ -376,8 +376,10 @@ def test_image_count_disagreeing_with_meta(tmp_path: Path) -> None:
 def test_annotation_rows_disagreeing_with_images(tmp_path: Path) -> None:
     out = make_ds().save(tmp_path / "ds")
     np.save(out / "ann_gaze.npy", np.zeros((9, 2), np.float32))
+    with pytest.raises(DatasetError, match=r"ann_gaze\.npy: its contents changed"):
+        ArrayDataset.load(out)  # the recorded hash sees it first
     with pytest.raises(DatasetError, match="'gaze' has 9 rows"):
-        ArrayDataset.load(out)
+        ArrayDataset.load(out, verify=False)
 
 
 def test_pickled_npy_is_refused(tmp_path: Path) -> None:
@@ -385,3 +387,46 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
     np.save(out / "ann_gaze.npy", np.array([{"a": 1}] * 10, dtype=object), allow_pickle=True)
     with pytest.raises(DatasetError, match="ann_gaze"):
         ArrayDataset.load(out, mmap=False)
+
+
+# ------------------------------------------------------------ verification on open (issue 13)
+def _alter_one_pixel(path: Path) -> None:
+    arr = np.load(path, mmap_mode="r+")
+    arr.flat[0] = (int(arr.flat[0]) + 1) % 256
+    arr.flush()
+
+
+def test_data_altered_on_disk_with_the_same_shapes_is_refused_naming_the_file(tmp_path: Path) -> None:
+    out = make_ds().save(tmp_path / "ds")
+    _alter_one_pixel(out / "images.npy")
+    with pytest.raises(DatasetError, match=r"images\.npy: its contents changed since the dataset was written"):
+        ArrayDataset.load(out)
+    assert len(ArrayDataset.load(out, verify=False)) == 10  # the opt-out, for huge trusted data
+
+
+def test_an_edited_fingerprint_is_refused(tmp_path: Path) -> None:
+    out = make_ds().save(tmp_path / "ds")
+    meta = json.loads((out / "meta.json").read_text())
+    meta["fingerprint"] = "0" * 16
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"meta\.json: the fingerprint '0000000000000000' or the file hashes"):
+        ArrayDataset.load(out)
+
+
+def test_a_folder_from_before_file_hashes_is_checked_against_its_fingerprint(tmp_path: Path) -> None:
+    out = make_ds().save(tmp_path / "ds")
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("files", "seal"):
+        del meta[key]
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert ArrayDataset.load(out).fingerprint == meta["fingerprint"]  # intact: opens as before
+    _alter_one_pixel(out / "images.npy")
+    with pytest.raises(DatasetError, match="no longer matches its fingerprint"):
+        ArrayDataset.load(out)
+
+
+def test_a_stray_array_in_a_verified_folder_is_named(tmp_path: Path) -> None:
+    out = make_ds().save(tmp_path / "ds")
+    np.save(out / "ann_extra.npy", np.zeros(10))
+    with pytest.raises(DatasetError, match=r"ann_extra\.npy: not among the files"):
+        ArrayDataset.load(out)

@@ -483,7 +483,8 @@ def test_load_or_synthesize_renders_once(tmp_path: Path, monkeypatch: pytest.Mon
     expected = first.subset(np.arange(len(first)))
     del first, second
     (folder / "images.npy").write_bytes(b"garbage")
-    rebuilt = load_or_synthesize(CACHE_SPEC, cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match=r"rebuilding the synthetic cache entry: .*images\.npy"):
+        rebuilt = load_or_synthesize(CACHE_SPEC, cache_dir=tmp_path)
     assert len(calls) == 3
     assert_same_dataset(rebuilt, expected)
 

@@ -56,6 +56,8 @@ from backdoorlab.errors import DatasetError
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 IMAGES_FILE = "images.npy"
+# meta.json entries that describe one folder's bytes: a subset or a concatenation drops them
+DERIVED_META = ("fingerprint", "files", "seal")
 INSTANCES_KEY = "instances"  # the annotation key a batch carries instances under, and the meta.json entry
 
 
@@ -150,7 +152,7 @@ class ArrayDataset:
     def subset(self, indices: np.ndarray | Sequence[int]) -> ArrayDataset:
         """A new in-memory dataset holding only these samples (order kept)."""
         idx = np.asarray(indices, dtype=np.int64)
-        meta = {k: v for k, v in self.meta.items() if k != "fingerprint"}
+        meta = {k: v for k, v in self.meta.items() if k not in DERIVED_META}
         return ArrayDataset(
             np.ascontiguousarray(self.images[idx]),
             {k: np.ascontiguousarray(v[idx]) for k, v in self.annotations.items()},
@@ -167,7 +169,7 @@ class ArrayDataset:
             )
         if (self.instances is None) != (other.instances is None):
             raise DatasetError("cannot concatenate a dataset with per-image instances and one without")
-        meta = {k: v for k, v in self.meta.items() if k != "fingerprint"}
+        meta = {k: v for k, v in self.meta.items() if k not in DERIVED_META}
         return ArrayDataset(
             np.concatenate([self.images, other.images]),
             {k: np.concatenate([v, other.annotations[k]]) for k, v in self.annotations.items()},
@@ -209,12 +211,15 @@ class ArrayDataset:
         meta.pop(INSTANCES_KEY, None)  # reserved: describes the files below, never stale user data
         if self.instances is not None:
             meta[INSTANCES_KEY] = self.instances.save(tmp)
+        files = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.npy"))}
         meta.update(
             format_version=FORMAT_VERSION,
             n=len(self),
             image_shape=list(self.images.shape[1:]),
             annotations={k: [str(v.dtype), list(v.shape[1:])] for k, v in self.annotations.items()},
             fingerprint=self.fingerprint,
+            files=files,
+            seal=_seal(self.fingerprint, files),
         )
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if out.exists():
@@ -229,8 +234,16 @@ class ArrayDataset:
         return out
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], mmap: bool = True) -> ArrayDataset:
-        """Open a saved folder; arrays are memory-mapped unless ``mmap=False``."""
+    def load(cls, directory: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> ArrayDataset:
+        """Open a saved folder; arrays are memory-mapped unless ``mmap=False``.
+
+        With ``verify`` (the default) the folder is checked against what was written:
+        every file against its SHA-256 in ``meta.json`` and the fingerprint against those
+        hashes, so data altered on disk (same shapes) or a wrong fingerprint is refused
+        with the file named, instead of training under the fingerprint of other data.
+        Folders written before per-file hashes are checked by recomputing the
+        fingerprint. ``verify=False`` skips the read of every byte, for huge trusted data.
+        """
         d = Path(directory)
         meta_path = d / META_FILE
         if not d.is_dir():
@@ -257,6 +270,8 @@ class ArrayDataset:
         instances = None
         if INSTANCES_KEY in meta:
             instances = InstanceTable.load(d, meta[INSTANCES_KEY], len(images), mode)
+        if verify:
+            _verify(d, meta, images, annotations, instances)
         return cls(images, annotations, meta, instances=instances)
 
 
@@ -282,6 +297,55 @@ def compute_fingerprint(
     return h.hexdigest()[:16]
 
 
-def load_dataset(directory: str | os.PathLike[str], mmap: bool = True) -> ArrayDataset:
-    """Open a dataset folder written by :meth:`ArrayDataset.save`."""
-    return ArrayDataset.load(directory, mmap=mmap)
+def load_dataset(directory: str | os.PathLike[str], mmap: bool = True, verify: bool = True) -> ArrayDataset:
+    """Open a dataset folder written by :meth:`ArrayDataset.save` (verified unless ``verify=False``)."""
+    return ArrayDataset.load(directory, mmap=mmap, verify=verify)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks (no second copy of a large array in memory)."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _seal(fingerprint: str, files: Mapping[str, str]) -> str:
+    """Ties the fingerprint to the file hashes: editing either alone breaks it."""
+    return hashlib.sha256(json.dumps([fingerprint, dict(sorted(files.items()))]).encode()).hexdigest()[:16]
+
+
+def _verify(
+    d: Path,
+    meta: Mapping[str, Any],
+    images: np.ndarray,
+    annotations: Mapping[str, np.ndarray],
+    instances: InstanceTable | None,
+) -> None:
+    """Refuse a folder whose bytes or fingerprint are not those it was written with (see :meth:`ArrayDataset.load`)."""
+    fingerprint = meta.get("fingerprint")
+    files = meta.get("files")
+    if files is None:  # written before per-file hashes: the content fingerprint is the only record
+        actual = compute_fingerprint(images, annotations, instances)
+        if actual != fingerprint:
+            raise DatasetError(
+                f"{d / META_FILE}: the data no longer matches its fingerprint {fingerprint!r} (it hashes to "
+                f"{actual!r}): a file of {d} was altered, or the fingerprint was edited"
+            )
+        return
+    on_disk = {p.name for p in d.glob("*.npy")}
+    for name in sorted(on_disk - set(files)):
+        raise DatasetError(f"{d / name}: not among the files {d / META_FILE} records")
+    for name, want in sorted(files.items()):
+        path = d / name
+        if not path.is_file():
+            raise DatasetError(f"{path} is missing (recorded in {d / META_FILE})")
+        got = file_sha256(path)
+        if got != want:
+            raise DatasetError(
+                f"{path}: its contents changed since the dataset was written (sha256 {got[:12]}..., recorded "
+                f"{want[:12]}...); rebuild the dataset, or open it without verification if the change is trusted"
+            )
+    if meta.get("seal") != _seal(str(fingerprint), files):
+        raise DatasetError(
+            f"{d / META_FILE}: the fingerprint {fingerprint!r} or the file hashes were edited (they no longer "
+            "match each other)"
+        )

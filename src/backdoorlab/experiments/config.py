@@ -29,6 +29,7 @@ HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("attack", "adaptive"): None,
     ("attack", "selector"): None,
     ("attack", "mode"): "replace",
+    ("data", "verify"): True,
 }
 
 
@@ -51,6 +52,9 @@ class DataConfig(_Strict):
     split_seed: int = 0
     max_train: int | None = Field(None, ge=1, description="cap on training samples (seeded subset)")
     mask_eyes: bool = Field(False, description="control: grey out both eye regions in train and test images")
+    verify: bool = Field(
+        True, description="check a dataset folder's files against their recorded hashes (off: huge trusted data)"
+    )
     cache_dir: str | None = Field(
         None, description="synthetic cache (default $BACKDOORLAB_CACHE or ~/.cache/backdoorlab)"
     )

@@ -62,7 +62,7 @@ def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     if d.source == "synthetic":
         full = task.synthesize(cfg.synthetic_spec(), cache_dir=d.cache_dir)
     elif d.source == "folder":
-        full = ArrayDataset.load(str(d.path))
+        full = ArrayDataset.load(str(d.path), verify=d.verify)
     else:
         from backdoorlab.data.real import load_real_dataset
 

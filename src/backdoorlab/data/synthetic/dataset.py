@@ -21,6 +21,7 @@ import json
 import math
 import multiprocessing
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -251,8 +252,8 @@ def load_or_synthesize(
     if (folder / "meta.json").is_file():
         try:
             return ArrayDataset.load(folder)
-        except DatasetError:
-            pass  # a damaged cache entry is rebuilt, not trusted
+        except DatasetError as exc:  # a damaged or altered cache entry is rebuilt, never trusted
+            warnings.warn(f"rebuilding the synthetic cache entry: {exc}", stacklevel=2)
     ds = synthesize(spec, compile=compile, progress=progress)
     ds.save(folder)
     return ArrayDataset.load(folder)
