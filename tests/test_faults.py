@@ -51,3 +51,48 @@ def test_an_altered_synthetic_cache_is_rebuilt_not_trained_on(tmp_path: Path) ->
     # it trained on the data the spec describes, not on the altered bytes
     assert rebuilt.metrics["data_fingerprint"] == intact.metrics["data_fingerprint"]
     assert rebuilt.metrics["clean_error_deg"] == intact.metrics["clean_error_deg"]
+
+
+# ---------------------------------------------------------------- one line, exit 2, not a traceback
+def test_an_unknown_status_filter_is_refused(tmp_path: Path) -> None:
+    ResultsStore(tmp_path / "s.sqlite")
+    out = invoke(CliRunner(), "runs", "--store", tmp_path / "s.sqlite", "--status", "finished")
+    assert out.exit_code == 2 and "--status must be one of running, complete, failed" in out.output
+
+
+def test_a_negative_model_width_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "cache", model={"name": "gaze_cnn", "kwargs": {"width": -1}})
+    seed_synthetic_cache(tmp_path / "cache")
+    out = invoke(CliRunner(), "train", write_yaml(tmp_path / "neg.yaml", cfg), "--runs-dir", tmp_path / "runs")
+    assert out.exit_code == 2 and "model 'gaze_cnn' cannot be built with" in " ".join(out.output.split())
+
+
+def test_a_pickle_is_refused_without_relaying_torchs_advice_to_unpickle(tmp_path: Path) -> None:
+    import torch
+
+    from backdoorlab.errors import CheckpointError
+    from backdoorlab.models.checkpoint import read_state_dict
+
+    path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(2), "payload": _Payload()}, path)
+    with pytest.raises(CheckpointError, match="never unpickles") as info:
+        read_state_dict(path, unsafe=True)
+    assert "weights_only=False" not in str(info.value) and "weights_only` set to `False" not in str(info.value)
+
+
+class _Payload:
+    """Any class: unpickling it needs code, which weights_only=True refuses."""
+
+
+def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # root ignores file permissions here, so the read-only folder is simulated where the run would write
+    import backdoorlab.experiments.run as run_module
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "runs"))
+
+    monkeypatch.setattr(run_module, "execute", read_only)
+    seed_synthetic_cache(tmp_path / "cache")
+    out = invoke(CliRunner(), "train", write_yaml(tmp_path / "r.yaml", tiny_config(tmp_path / "cache")))
+    assert out.exit_code == 2 and f"{tmp_path / 'runs'}: Permission denied" in " ".join(out.output.split())
+    assert "Traceback" not in out.output

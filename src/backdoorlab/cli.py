@@ -55,6 +55,10 @@ def friendly_errors(fn: F) -> F:
             # the message is plain text: paths and reprs may hold '[...]', which markup would eat
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # a read-only runs folder or store, a full disk: the file and the reason
+            where = f"{exc.filename}: " if exc.filename else ""
+            err_console.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}", highlight=False)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -168,6 +172,20 @@ def eval_(
     console.print(f"written: {out}")
 
 
+RUN_STATUSES = ("running", "complete", "failed")
+
+
+def _run_value(row: dict[str, Any], column: str) -> Any:
+    """A metric of a store row; ``headline`` is the row's task headline as ``name=value``."""
+    if column != "headline":
+        return row["metrics"].get(column)
+    from backdoorlab.registry import TASKS
+
+    name = row.get("headline_metric") or (TASKS.get(row["task"]).headline_metric if row["task"] in TASKS else None)
+    value = row["metrics"].get(name) if name else None
+    return None if value is None else f"{name}={_fmt(value)}"
+
+
 @app.command()
 @friendly_errors
 def runs(
@@ -193,17 +211,20 @@ def runs(
         return
     if watch is not None:
         raise ConfigError("--watch follows a sweep: pass --sweep SWEEP.yaml too")
+    if status is not None and status not in RUN_STATUSES:
+        choices = ", ".join(RUN_STATUSES)
+        raise ConfigError(f"--status must be one of {choices} (with --sweep also 'to run'); got {status!r}")
     if not store.is_file():
         raise ConfigError(f"results store {store} does not exist (train a run first, or pass --store)")
     rows = ResultsStore(store).list(status=status, name_like=name)
-    cols = metric or ["clean_error_deg", "n_test", "train_seconds"]
+    cols = metric or ["headline", "n_test", "train_seconds"]
     if as_json:
         print(
             json.dumps(
                 [
                     {
                         **{k: r[k] for k in ("run_id", "name", "status", "model_name", "error")},
-                        **{c: r["metrics"].get(c) for c in cols},
+                        **{c: _run_value(r, c) for c in cols},
                     }
                     for r in rows
                 ],
@@ -215,7 +236,7 @@ def runs(
     for c in ["run", "status", "model", *cols]:
         table.add_column(c, overflow="fold")
     for r in rows:
-        vals = [_fmt(r["metrics"].get(c)) for c in cols]
+        vals = [_fmt(_run_value(r, c)) for c in cols]
         status_txt = r["status"] if r["status"] != "failed" else f"failed: {(r['error'] or '')[:60]}"
         table.add_row(r["run_id"], status_txt, r["model_name"] or "", *vals)
     console.print(table)

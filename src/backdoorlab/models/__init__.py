@@ -18,6 +18,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"model '{name}' does not accept these arguments {kwargs}: {exc}") from exc
+    except (ValueError, RuntimeError) as exc:  # e.g. a negative width reaching a layer's constructor
+        raise ConfigError(f"model '{name}' cannot be built with {kwargs}: {str(exc).splitlines()[0]}") from exc
 
 
 def has_feature_head(model: nn.Module) -> bool:

@@ -116,7 +116,14 @@ def read_state_dict(path: str | os.PathLike[str], unsafe: bool = False) -> dict[
         with p.open("rb") as fh:
             obj = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
-        raise CheckpointError(f"{p} could not be read even with torch.load(weights_only=True): {exc}") from exc
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            # never relay torch's advice to retry with weights_only=False: that would run the file's code
+            raise CheckpointError(
+                f"{p} holds more than tensors and plain containers (torch.load(weights_only=True) refused it); "
+                "backdoorlab never unpickles such a file, since loading it could run code"
+            ) from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{p} could not be read even with torch.load(weights_only=True): {reason}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
