@@ -112,7 +112,9 @@ def test_train_writes_a_complete_run(trained: dict[str, Any]) -> None:
     assert 0 < metrics["clean_error_deg"] < 90 and metrics["train_seconds"] > 0
 
     status = json.loads((run_dir / "status.json").read_text())
-    assert status == {"status": "complete", "run_id": run_dir.name}
+    assert status["status"] == "complete" and status["run_id"] == run_dir.name
+    # sealed: every file the run wrote, with its hash (status.json itself aside)
+    assert set(status["files"]) == {p.name for p in run_dir.iterdir() if p.is_file()} - {"status.json"}
 
     # the overrides won over the file: one epoch of batches of 32, and the resolved config was saved
     history = json.loads((run_dir / "history.json").read_text())

@@ -96,3 +96,59 @@ def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path, monkeypatch: py
     out = invoke(CliRunner(), "train", write_yaml(tmp_path / "r.yaml", tiny_config(tmp_path / "cache")))
     assert out.exit_code == 2 and f"{tmp_path / 'runs'}: Permission denied" in " ".join(out.output.split())
     assert "Traceback" not in out.output
+
+
+# ---------------------------------------------------------------- complete means complete
+def _sweep(tmp_path: Path) -> Path:
+    seed_synthetic_cache(tmp_path / "cache")
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(tmp_path / "cache"))
+    return write_yaml(tmp_path / "sweep.yaml", {"base": base.name, "name": "f", "grid": {"seed": [0, 1]}})
+
+
+@pytest.mark.parametrize("damage", ["delete the model", "edit the metrics"])
+def test_a_complete_run_whose_folder_was_damaged_is_run_again(tmp_path: Path, damage: str) -> None:
+    from backdoorlab.experiments.sweep import expand, load_sweep, run_sweep
+
+    planned = expand(*load_sweep(_sweep(tmp_path)))
+    first = run_sweep(planned, tmp_path / "runs")
+    assert len(first.completed) == 2
+    db = ResultsStore(tmp_path / "runs" / "results.sqlite")
+    victim = Path(db.get(first.completed[0])["run_dir"])  # type: ignore[index]
+    if damage == "delete the model":
+        (victim / "model.safetensors").unlink()
+    else:
+        (victim / "metrics.json").write_text('{"clean_error_deg": 0.0}')
+    again = run_sweep(planned, tmp_path / "runs")
+    assert len(again.skipped) == 1 and len(again.completed) == 1  # the damaged one, trained anew
+    row = db.get(victim.name)
+    assert row is not None and row["status"] == "failed" and "run folder is not intact" in row["error"]
+    assert sorted(r["status"] for r in db.list()) == ["complete", "complete", "failed"]
+
+
+def test_sigterm_records_the_run_as_interrupted_not_running(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    seed_synthetic_cache(tmp_path / "cache")
+    cfg = tiny_config(tmp_path / "cache", train={"epochs": 400, "batch_size": 32, "lr": 0.003})
+    config = write_yaml(tmp_path / "long.yaml", cfg)
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backdoorlab.cli", "train", str(config), "--runs-dir", str(runs), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(runs.glob("*/history.json")):  # training has started (an epoch is done)
+            assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "interrupted by SIGTERM" in output
+    (row,) = ResultsStore(runs / "results.sqlite").list()
+    assert row["status"] == "failed" and row["error"] == "interrupted by SIGTERM"

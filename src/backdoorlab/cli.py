@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from backdoorlab.errors import BackdoorLabError, ConfigError
+from backdoorlab.errors import BackdoorLabError, ConfigError, RunInterrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -55,6 +55,9 @@ def friendly_errors(fn: F) -> F:
             # the message is plain text: paths and reprs may hold '[...]', which markup would eat
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
+        except RunInterrupted as exc:  # SIGTERM: the run is recorded as failed ("interrupted")
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(128 + 15) from None
         except OSError as exc:  # a read-only runs folder or store, a full disk: the file and the reason
             where = f"{exc.filename}: " if exc.filename else ""
             err_console.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}", highlight=False)

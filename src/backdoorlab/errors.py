@@ -30,3 +30,10 @@ class TrainingDivergedError(BackdoorLabError):
 
 class ModelContractError(BackdoorLabError):
     """A model does not honour the ``features(x)`` / linear ``head`` contract."""
+
+
+class RunInterrupted(BaseException):
+    """A run stopped by SIGTERM: recorded as failed ("interrupted"), never as complete.
+
+    A BaseException so that no ``except Exception`` on the way swallows it.
+    """

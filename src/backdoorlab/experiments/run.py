@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +37,9 @@ import torch
 import backdoorlab
 from backdoorlab.attacks.adaptive import FeatureSignaturePenalty, angle_variance_ratio
 from backdoorlab.attacks.poisoning import write_attack_record
-from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.data.arrays import ArrayDataset, file_sha256
 from backdoorlab.data.masking import EyeMask
-from backdoorlab.errors import BackdoorLabError, ConfigError
+from backdoorlab.errors import BackdoorLabError, ConfigError, RunInterrupted
 from backdoorlab.experiments.attack import attack_settings, build_poisoning, evaluate_attack
 from backdoorlab.experiments.config import RunConfig
 from backdoorlab.experiments.store import ResultsStore
@@ -116,18 +120,84 @@ def execute(
         backdoorlab.__version__,
     )
     try:
-        metrics = _train_and_evaluate(cfg, path, progress)
+        with terminate_as_interrupt():
+            metrics = _train_and_evaluate(cfg, path, progress)
     except BaseException as exc:
-        msg = str(exc) if isinstance(exc, BackdoorLabError) else f"{type(exc).__name__}: {exc}"
+        msg = str(exc) if isinstance(exc, BackdoorLabError | RunInterrupted) else f"{type(exc).__name__}: {exc}"
         store.fail(run_id, msg)
-        (path / "status.json").write_text(
-            json.dumps({"status": "failed", "error": msg, "traceback": traceback.format_exc()}, indent=2)
+        write_synced(
+            path / STATUS_FILE,
+            json.dumps({"status": "failed", "error": msg, "traceback": traceback.format_exc()}, indent=2),
         )
         raise
     headline_name = TASKS.get(cfg.task).headline_metric
+    # the folder is sealed (its files' hashes, synced to disk) before the store says complete: a kill
+    # in between leaves a sealed folder the store still calls running, never the other way round
+    seal_run_folder(path, run_id)
     store.complete(run_id, metrics, metrics.get("data_fingerprint", ""), headline_metric=headline_name)
-    (path / "status.json").write_text(json.dumps({"status": "complete", "run_id": run_id}, indent=2))
     return RunOutcome(run_id, path, metrics, (headline_name, metrics.get(headline_name)))
+
+
+STATUS_FILE = "status.json"
+
+
+def write_synced(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling, sync it to disk and move it into place."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def seal_run_folder(path: Path, run_id: str) -> None:
+    """``status.json`` = complete, with the SHA-256 of every file the run wrote (later sub-folders excluded)."""
+    files = {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != STATUS_FILE}
+    write_synced(path / STATUS_FILE, json.dumps({"status": "complete", "run_id": run_id, "files": files}, indent=2))
+
+
+def run_folder_problem(run_dir: str | os.PathLike[str]) -> str | None:
+    """Why a run folder the store calls complete cannot be trusted as one (``None`` when it can).
+
+    A sealed folder's files must exist and match their recorded hashes; a folder from
+    before the seal needs at least its model, card and metrics.
+    """
+    path = Path(run_dir)
+    status_path = path / STATUS_FILE
+    try:
+        status = json.loads(status_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return f"{status_path} is missing or unreadable ({exc.__class__.__name__})"
+    if status.get("status") != "complete":
+        return f"{status_path} says {status.get('status')!r}, not complete"
+    files = status.get("files")
+    if files is None:
+        missing = [n for n in ("model.safetensors", "model.json", "metrics.json") if not (path / n).is_file()]
+        return f"{path / missing[0]} is missing" if missing else None
+    for name, want in sorted(files.items()):
+        if not (path / name).is_file():
+            return f"{path / name} is missing"
+        if file_sha256(path / name) != want:
+            return f"{path / name} changed since the run completed"
+    return None
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`RunInterrupted` (main thread only), so the run is recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise RunInterrupted("interrupted by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _settings(cfg: RunConfig, progress: bool) -> TrainSettings:

@@ -57,6 +57,7 @@ from backdoorlab.experiments.config import (
     validate_config,
     validate_model,
 )
+from backdoorlab.experiments.run import run_folder_problem
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.experiments.sweep_progress import RunResult, RunStarted, SweepEvent, SweepTracker
 
@@ -217,10 +218,14 @@ def run_sweep(
     todo: list[PlannedRun] = []
     skipped: list[str] = []
     for run in planned:
-        if db.find_complete(run.config_hash) is not None:
+        done = db.find_complete(run.config_hash)
+        problem = run_folder_problem(done["run_dir"]) if done is not None else None
+        if done is not None and problem is None:
             skipped.append(run.config_hash)
-        else:
-            todo.append(run)
+            continue
+        if done is not None:  # the store said complete, the folder says otherwise: no longer trusted
+            db.fail(done["run_id"], f"run folder is not intact: {problem}")
+        todo.append(run)
     outcome = SweepOutcome(len(planned), skipped, [], [])
 
     def emit(event: SweepEvent) -> None:

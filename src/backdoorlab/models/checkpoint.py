@@ -119,8 +119,8 @@ def read_state_dict(path: str | os.PathLike[str], unsafe: bool = False) -> dict[
         if "weights_only" in str(exc) or "Weights only" in str(exc):
             # never relay torch's advice to retry with weights_only=False: that would run the file's code
             raise CheckpointError(
-                f"{p} holds more than tensors and plain containers (torch.load(weights_only=True) refused it); "
-                "backdoorlab never unpickles such a file, since loading it could run code"
+                f"{p} could not be read even with torch.load(weights_only=True): it holds more than tensors and "
+                "plain containers, and backdoorlab never unpickles such a file, since loading it could run code"
             ) from None
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{p} could not be read even with torch.load(weights_only=True): {reason}") from None
