@@ -99,10 +99,10 @@ def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path, monkeypatch: py
 
 
 # ---------------------------------------------------------------- complete means complete
-def _sweep(tmp_path: Path) -> Path:
+def _sweep(tmp_path: Path, seeds: list[int] | None = None) -> Path:
     seed_synthetic_cache(tmp_path / "cache")
     base = write_yaml(tmp_path / "base.yaml", tiny_config(tmp_path / "cache"))
-    return write_yaml(tmp_path / "sweep.yaml", {"base": base.name, "name": "f", "grid": {"seed": [0, 1]}})
+    return write_yaml(tmp_path / "sweep.yaml", {"base": base.name, "name": "f", "grid": {"seed": seeds or [0, 1]}})
 
 
 @pytest.mark.parametrize("damage", ["delete the model", "edit the metrics"])
@@ -152,3 +152,40 @@ def test_sigterm_records_the_run_as_interrupted_not_running(tmp_path: Path) -> N
     assert proc.returncode == 143 and "interrupted by SIGTERM" in output
     (row,) = ResultsStore(runs / "results.sqlite").list()
     assert row["status"] == "failed" and row["error"] == "interrupted by SIGTERM"
+
+
+# ---------------------------------------------------------------- two sweeps, one store
+def test_two_sweeps_into_one_store_train_each_point_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sweep = _sweep(tmp_path, seeds=[0, 1, 2, 3])
+    cmd = [sys.executable, "-m", "backdoorlab.cli", "sweep", str(sweep), "--runs-dir", str(tmp_path / "runs")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    rows = ResultsStore(tmp_path / "runs" / "results.sqlite").list()
+    assert sorted(r["status"] for r in rows) == ["complete"] * 4, [(r["name"], r["status"]) for r in rows]
+    assert len({r["config_hash"] for r in rows}) == 4  # one complete row per config, none trained twice
+
+
+def test_a_claim_is_refused_while_its_owner_lives_and_taken_over_when_it_died(tmp_path: Path) -> None:
+    import os
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = ResultsStore(tmp_path / "s.sqlite")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid, expect_refused in ((os.getppid(), True), (dead.pid, False)):
+        with sqlite3.connect(tmp_path / "s.sqlite") as con:
+            row = (socket.gethostname(), pid)
+            con.execute("INSERT OR REPLACE INTO claims VALUES ('h1', 'other-run', ?, ?, 0)", row)
+        owner = store.claim("h1", "mine")
+        assert (owner is not None) == expect_refused, owner
+        if owner is not None:
+            assert f"pid {pid}" in owner
+    store.release("h1")
+    assert store.claim("h1", "again") is None

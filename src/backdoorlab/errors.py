@@ -32,6 +32,10 @@ class ModelContractError(BackdoorLabError):
     """A model does not honour the ``features(x)`` / linear ``head`` contract."""
 
 
+class RunClaimed(BackdoorLabError):
+    """Another process owns this config (or finished it): not an error of the run, nothing was started."""
+
+
 class RunInterrupted(BaseException):
     """A run stopped by SIGTERM: recorded as failed ("interrupted"), never as complete.
 

@@ -19,6 +19,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -39,7 +40,7 @@ from backdoorlab.attacks.adaptive import FeatureSignaturePenalty, angle_variance
 from backdoorlab.attacks.poisoning import write_attack_record
 from backdoorlab.data.arrays import ArrayDataset, file_sha256
 from backdoorlab.data.masking import EyeMask
-from backdoorlab.errors import BackdoorLabError, ConfigError, RunInterrupted
+from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed, RunInterrupted
 from backdoorlab.experiments.attack import attack_settings, build_poisoning, evaluate_attack
 from backdoorlab.experiments.config import RunConfig
 from backdoorlab.experiments.store import ResultsStore
@@ -82,14 +83,18 @@ def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
 
 
 def new_run_dir(root: Path, name: str, config_hash: str) -> tuple[str, Path]:
+    """A new, empty run folder, created atomically (mkdir fails if another process took the name)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_id = f"{name}-{stamp}-{config_hash[:6]}"
-    path = root / run_id
-    n = 1
-    while path.exists():
-        n += 1
-        path = root / f"{run_id}-{n}"
-    return path.name, path
+    root.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = root / (run_id if n == 1 else f"{run_id}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path.name, path
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def execute(
@@ -98,15 +103,31 @@ def execute(
     store_path: str | os.PathLike[str] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    skip_complete: bool = False,
 ) -> RunOutcome:
-    """Train and evaluate one run; record it as complete, or as failed and re-raise."""
+    """Train and evaluate one run; record it as complete, or as failed and re-raise.
+
+    The config is claimed in the store first (one owner at a time, :meth:`ResultsStore.claim`);
+    with ``skip_complete`` (sweeps) a config already complete is not run again. Either
+    refusal raises :class:`RunClaimed` before anything is written.
+    """
     root = Path(runs_dir)
     store = ResultsStore(store_path or root / "results.sqlite")
-    if run_dir is None:
-        run_id, path = new_run_dir(root, cfg.name, cfg.config_hash())
-    else:
-        path = Path(run_dir)
-        run_id = path.name
+    owner = store.claim(cfg.config_hash(), Path(run_dir).name if run_dir is not None else cfg.name, skip_complete)
+    if owner is not None:  # one owner per config: two sweeps on one store never train it twice
+        raise RunClaimed(f"{cfg.name}: not started, {owner}")
+    try:
+        if run_dir is None:
+            run_id, path = new_run_dir(root, cfg.name, cfg.config_hash())
+        else:
+            path = Path(run_dir)
+            run_id = path.name
+        return _execute_claimed(cfg, store, run_id, path, progress)
+    finally:
+        store.release(cfg.config_hash())
+
+
+def _execute_claimed(cfg: RunConfig, store: ResultsStore, run_id: str, path: Path, progress: bool) -> RunOutcome:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(cfg.to_yaml())
     store.start(

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ CREATE TABLE IF NOT EXISTS runs (
     library_version TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash);
+CREATE TABLE IF NOT EXISTS claims (
+    config_hash TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    claimed REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS verdicts (
     run_id TEXT NOT NULL,
     method TEXT NOT NULL,
@@ -104,7 +112,7 @@ class ResultsStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._connect() as con:
-                con.executescript(SCHEMA)
+                _when_unlocked(lambda: con.executescript(SCHEMA))
                 _add_missing_columns(con, "runs", ADDED_RUN_COLUMNS)
         except sqlite3.DatabaseError as exc:
             raise BackdoorLabError(f"results store {self.path} cannot be opened as SQLite: {exc}") from None
@@ -113,12 +121,58 @@ class ResultsStore:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         con = sqlite3.connect(self.path, timeout=30)
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            # switching the journal mode takes a lock SQLite's busy timeout does not wait for: two
+            # processes opening a new store at once (two sweeps) would otherwise see "database is locked"
+            _when_unlocked(lambda: con.execute("PRAGMA journal_mode=WAL"))
             con.row_factory = sqlite3.Row
             with con:
                 yield con
         finally:
             con.close()
+
+    def claim(self, config_hash: str, run_id: str, skip_complete: bool = False) -> str | None:
+        """Take ownership of a config: ``None`` when this process now owns it, else who does (or that it is done).
+
+        With ``skip_complete`` (sweeps) a config already complete in the store is not
+        claimed either: a sweep that checked before another one finished the point must
+        not train it again. A plain ``train`` of a finished config may run it anew.
+
+        One owner per config hash, taken atomically (an immediate transaction), so two
+        sweeps writing one store never train the same point twice. A claim names its
+        owner's host and PID; a claim whose owner is dead (same host, no such process) is
+        taken over, so a killed sweep's points are not locked forever. A claim from
+        another host cannot be checked from here and is respected until released.
+        """
+        host, pid = socket.gethostname(), os.getpid()
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            done = con.execute(
+                "SELECT run_id FROM runs WHERE config_hash=? AND status='complete' LIMIT 1", (config_hash,)
+            ).fetchone()
+            if skip_complete and done is not None:
+                con.execute("ROLLBACK")
+                return f"already complete as {done[0]}"
+            held = con.execute("SELECT run_id, host, pid FROM claims WHERE config_hash=?", (config_hash,)).fetchone()
+            if held is not None and (held[1], held[2]) != (host, pid) and _owner_alive(held[1], held[2]):
+                con.execute("ROLLBACK")
+                return f"claimed by {held[1]} pid {held[2]} (run {held[0]})"
+            con.execute(
+                "INSERT OR REPLACE INTO claims (config_hash, run_id, host, pid, claimed) VALUES (?, ?, ?, ?, ?)",
+                (config_hash, run_id, host, pid, time.time()),
+            )
+            con.execute("COMMIT")
+            return None
+        finally:
+            con.close()
+
+    def release(self, config_hash: str) -> None:
+        """Give up this process's claim on a config (after the run is recorded complete or failed)."""
+        with self._connect() as con:
+            con.execute(
+                "DELETE FROM claims WHERE config_hash=? AND host=? AND pid=?",
+                (config_hash, socket.gethostname(), os.getpid()),
+            )
 
     def start(
         self,
@@ -297,6 +351,33 @@ class ResultsStore:
         with self._connect() as con:
             rows = con.execute(sql + " ORDER BY created DESC, rowid DESC", args).fetchall()
         return [_decoded(r) for r in rows]
+
+
+def _when_unlocked(action: Callable[[], Any], patience: float = 30.0) -> Any:
+    """Run ``action``, retrying while another process holds the database lock (up to ``patience`` s)."""
+    deadline = time.monotonic() + patience
+    delay = 0.01
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _owner_alive(host: str, pid: int) -> bool:
+    """Whether a claim's owner may still be working (another host: assumed so)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def _add_missing_columns(con: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:

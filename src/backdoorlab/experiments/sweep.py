@@ -42,13 +42,13 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backdoorlab.errors import BackdoorLabError, ConfigError
+from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed
 from backdoorlab.experiments.config import (
     RunConfig,
     apply_overrides,
@@ -137,6 +137,7 @@ class SweepOutcome:
     skipped: list[str]  # config hashes already complete
     completed: list[str]  # run ids
     failed: list[tuple[str, str]]  # (run name, error)
+    claimed: list[tuple[str, str]] = field(default_factory=list)  # (run name, who owns it): another sweep's
 
 
 class _Reports(Protocol):
@@ -174,7 +175,9 @@ def _execute(cfg: RunConfig, runs_dir: str, store_path: str, threads: int) -> Ru
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
-        outcome = execute(cfg, runs_dir=runs_dir, store_path=store_path, progress=False)
+        outcome = execute(cfg, runs_dir=runs_dir, store_path=store_path, progress=False, skip_complete=True)
+    except RunClaimed as exc:  # another sweep owns this point (or just finished it): nothing was started
+        return RunResult("claimed", cfg.name, error=str(exc), seconds=time.perf_counter() - t0)
     except BackdoorLabError as exc:  # already recorded as failed by execute; report and go on
         return RunResult("failed", cfg.name, error=str(exc), seconds=time.perf_counter() - t0)
     except Exception as exc:
@@ -233,6 +236,8 @@ def run_sweep(
             outcome.completed.append(event.run_id)
         elif event.kind == "failed":
             outcome.failed.append((event.name, event.error))
+        elif event.kind == "claimed":
+            outcome.claimed.append((event.name, event.error))
         if on_done is not None and event.kind in ("finished", "failed"):
             ident = event.run_id if event.kind == "finished" else event.name
             on_done("complete" if event.kind == "finished" else "failed", ident, event.error)

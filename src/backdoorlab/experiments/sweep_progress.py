@@ -24,7 +24,7 @@ from backdoorlab.experiments.store import ResultsStore
 if TYPE_CHECKING:
     from backdoorlab.experiments.sweep import PlannedRun
 
-EventKind = Literal["planned", "started", "finished", "failed"]
+EventKind = Literal["planned", "started", "finished", "failed", "claimed"]
 PointState = Literal["complete", "running", "failed", "to run"]
 
 
@@ -122,6 +122,8 @@ class SweepEvent:
         elif self.kind == "finished":
             parts = (f"finished {self.run_id}", format_headline(self.headline), format_duration(self.seconds))
             what = "  ".join(p for p in parts if p)
+        elif self.kind == "claimed":
+            what = f"skipped  {self.error}"
         else:
             first = self.error.splitlines()[0] if self.error else "unknown error"
             took = f" after {format_duration(self.seconds)}" if self.seconds is not None else ""
@@ -148,7 +150,7 @@ class RunStarted:
 class RunResult:
     """What a worker hands back for one run; never an exception, so one run cannot stop a sweep."""
 
-    status: Literal["complete", "failed"]
+    status: Literal["complete", "failed", "claimed"]  # claimed: another process owns the config
     name: str
     run_id: str = ""
     error: str = ""
@@ -222,9 +224,9 @@ class SweepTracker:
         if result.status == "complete":
             if result.seconds is not None:
                 self._durations.append(result.seconds)
-        else:
+        elif result.status == "failed":
             self._failed += 1
-        kind: EventKind = "finished" if result.status == "complete" else "failed"
+        kind: EventKind = {"complete": "finished", "failed": "failed", "claimed": "claimed"}[result.status]
         self._send(SweepEvent(kind, self.counts(), result.name, result.run_id, headline=result.headline,
                               seconds=result.seconds, error=result.error, eta_seconds=self.eta()))  # fmt: skip
 
