@@ -189,3 +189,84 @@ def test_a_claim_is_refused_while_its_owner_lives_and_taken_over_when_it_died(tm
             assert f"pid {pid}" in owner
     store.release("h1")
     assert store.claim("h1", "again") is None
+
+
+# ---------------------------------------------------------------- signals to a sweep with workers
+def _start_long_sweep(tmp_path: Path) -> tuple[object, Path]:
+    import subprocess
+    import sys
+
+    seed_synthetic_cache(tmp_path / "cache")
+    base = write_yaml(tmp_path / "base.yaml", tiny_config(tmp_path / "cache", train={"epochs": 300, "batch_size": 32}))
+    sweep = write_yaml(tmp_path / "sweep.yaml", {"base": base.name, "name": "long", "grid": {"seed": list(range(6))}})
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "backdoorlab.cli", "sweep", str(sweep), "--runs-dir", str(runs), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return proc, runs
+
+
+def _wait_for_running(proc: object, runs: Path, n: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 120
+    while len(list(runs.glob("*/history.json"))) < n:  # n runs are training (an epoch done)
+        assert proc.poll() is None and time.monotonic() < deadline, "the runs never started"  # type: ignore[attr-defined]
+        time.sleep(0.2)
+
+
+def _group_gone(pgid: int, patience: float = 60.0) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("how", ["Ctrl-C to the group", "SIGTERM to the sweep"])
+def test_a_signal_stops_the_sweep_promptly_records_the_runs_in_flight_and_starts_nothing_new(
+    tmp_path: Path, how: str
+) -> None:
+    import os
+    import signal
+
+    proc, runs = _start_long_sweep(tmp_path)
+    pgid = proc.pid  # type: ignore[attr-defined]
+    try:
+        _wait_for_running(proc, runs, 2)
+        if how == "Ctrl-C to the group":
+            os.killpg(pgid, signal.SIGINT)
+        else:
+            os.kill(pgid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)  # type: ignore[attr-defined]
+    finally:
+        if not _group_gone(pgid, 1):
+            os.killpg(pgid, signal.SIGKILL)
+    assert proc.returncode == 130 and "run it again to resume" in output, output  # type: ignore[attr-defined]
+    rows = ResultsStore(runs / "results.sqlite").list()
+    assert len(rows) <= 3, [(r["name"], r["status"]) for r in rows]  # nothing new started (one may race)
+    assert all(r["status"] == "failed" and "interrupted" in r["error"] for r in rows), (rows, output)
+    assert _group_gone(pgid), "worker processes outlived the sweep"
+
+
+def test_workers_die_with_a_killed_sweep_and_record_their_runs(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    proc, runs = _start_long_sweep(tmp_path)
+    pgid = proc.pid  # type: ignore[attr-defined]
+    try:
+        _wait_for_running(proc, runs, 2)
+        os.kill(pgid, signal.SIGKILL)
+        proc.wait(timeout=30)  # type: ignore[attr-defined]
+        assert _group_gone(pgid), "worker processes outlived the killed sweep"
+    finally:
+        if not _group_gone(pgid, 1):
+            os.killpg(pgid, signal.SIGKILL)
+    rows = ResultsStore(runs / "results.sqlite").list()
+    assert rows and all(r["status"] == "failed" and "interrupted by SIGTERM" in r["error"] for r in rows), rows

@@ -278,7 +278,12 @@ def sweep(
     console.print(
         f"sweep {spec.name}: {out.planned} runs; {len(out.skipped)} already complete, "
         f"{len(out.completed)} completed now, {len(out.failed)} failed"
+        + (f", {len(out.claimed)} skipped (another sweep's)" if out.claimed else "")
+        + (f"; stopped ({out.interrupted}): run it again to resume" if out.interrupted else ""),
+        highlight=False,
     )
+    if out.interrupted:
+        raise typer.Exit(130)
     if out.failed:
         raise typer.Exit(1)
 

@@ -140,22 +140,31 @@ def _execute_claimed(cfg: RunConfig, store: ResultsStore, run_id: str, path: Pat
         cfg.model.name,
         backdoorlab.__version__,
     )
-    try:
-        with terminate_as_interrupt():
-            metrics = _train_and_evaluate(cfg, path, progress)
-    except BaseException as exc:
-        msg = str(exc) if isinstance(exc, BackdoorLabError | RunInterrupted) else f"{type(exc).__name__}: {exc}"
-        store.fail(run_id, msg)
-        write_synced(
-            path / STATUS_FILE,
-            json.dumps({"status": "failed", "error": msg, "traceback": traceback.format_exc()}, indent=2),
-        )
-        raise
     headline_name = TASKS.get(cfg.task).headline_metric
-    # the folder is sealed (its files' hashes, synced to disk) before the store says complete: a kill
-    # in between leaves a sealed folder the store still calls running, never the other way round
-    seal_run_folder(path, run_id)
-    store.complete(run_id, metrics, metrics.get("data_fingerprint", ""), headline_metric=headline_name)
+    # the signal handlers stay installed while the outcome is recorded: a second signal (Ctrl-C reaches
+    # every process of the group, then the sweep sends SIGTERM) must not cut the record short
+    with terminate_as_interrupt() as interrupts:
+        try:
+            metrics = _train_and_evaluate(cfg, path, progress)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                msg = "interrupted (Ctrl-C)"
+            elif isinstance(exc, BackdoorLabError | RunInterrupted):
+                msg = str(exc)
+            else:
+                msg = f"{type(exc).__name__}: {exc}"
+            with interrupts.deferred():
+                store.fail(run_id, msg)
+                write_synced(
+                    path / STATUS_FILE,
+                    json.dumps({"status": "failed", "error": msg, "traceback": traceback.format_exc()}, indent=2),
+                )
+            raise
+        # the folder is sealed (its files' hashes, synced to disk) before the store says complete: a kill
+        # in between leaves a sealed folder the store still calls running, never the other way round
+        with interrupts.deferred():
+            seal_run_folder(path, run_id)
+            store.complete(run_id, metrics, metrics.get("data_fingerprint", ""), headline_metric=headline_name)
     return RunOutcome(run_id, path, metrics, (headline_name, metrics.get(headline_name)))
 
 
@@ -204,21 +213,66 @@ def run_folder_problem(run_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-@contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`RunInterrupted` (main thread only), so the run is recorded."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class Interrupts:
+    """SIGINT / SIGTERM as exceptions, once; held back while an outcome is being recorded.
 
-    def interrupt(signum: int, frame: object) -> None:
+    Why once: a Ctrl-C reaches every process of the terminal's group, and a sweep then
+    also sends its workers SIGTERM; a second signal arriving while the first is being
+    recorded would cut the record short and leave the run ``running``, so later signals
+    are ignored (the block is already stopping). Why held back: the first signal may
+    arrive while a complete or failed record is being written; it is raised once the
+    record is whole. (Blocking the signal would not do: with torch's threads, any thread
+    may receive it, and Python runs the handler in the main thread regardless.)
+    """
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.holding = False
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.hit:
+            return
+        if self.holding:
+            self.pending = signum
+            return
+        self._raise(signum)
+
+    def _raise(self, signum: int) -> None:
+        self.hit = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise RunInterrupted("interrupted by SIGTERM")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A signal arriving inside the block is raised when the block ends."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending is not None and not self.hit:
+                self._raise(self.pending)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[Interrupts]:
+    """Within the block, SIGTERM raises :class:`RunInterrupted` and SIGINT ``KeyboardInterrupt`` (:class:`Interrupts`).
+
+    Main thread only; elsewhere the block runs with the signals as they were.
+    """
+    interrupts = Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupts
+        return
+    previous = {s: signal.signal(s, interrupts.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield interrupts
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
 
 
 def _settings(cfg: RunConfig, progress: bool) -> TrainSettings:

@@ -48,7 +48,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed
+from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed, RunInterrupted
 from backdoorlab.experiments.config import (
     RunConfig,
     apply_overrides,
@@ -57,7 +57,7 @@ from backdoorlab.experiments.config import (
     validate_config,
     validate_model,
 )
-from backdoorlab.experiments.run import run_folder_problem
+from backdoorlab.experiments.run import run_folder_problem, terminate_as_interrupt
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.experiments.sweep_progress import RunResult, RunStarted, SweepEvent, SweepTracker
 
@@ -138,6 +138,7 @@ class SweepOutcome:
     completed: list[str]  # run ids
     failed: list[tuple[str, str]]  # (run name, error)
     claimed: list[tuple[str, str]] = field(default_factory=list)  # (run name, who owns it): another sweep's
+    interrupted: str = ""  # why the sweep stopped before its end (empty: it ran to the end)
 
 
 class _Reports(Protocol):
@@ -250,10 +251,16 @@ def run_sweep(
     tracker.begin()
     if not todo:
         return outcome
-    if engine == "local":
-        _run_local(todo, str(root), store, max(1, workers), res, tracker)
-    else:
-        _run_ray(todo, str(root), store, res, address, tracker)
+    try:
+        with terminate_as_interrupt():
+            if engine == "local":
+                _run_local(todo, str(root), store, max(1, workers), res, tracker)
+            else:
+                _run_ray(todo, str(root), store, res, address, tracker)
+    except (KeyboardInterrupt, RunInterrupted) as exc:
+        # stop promptly: the runs in flight were told to stop (and record themselves as
+        # interrupted), nothing new starts; running the sweep again resumes it
+        outcome.interrupted = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else str(exc)
     return outcome
 
 
@@ -272,16 +279,69 @@ def _run_local(
         for run in todo:
             _run_one(run.config.model_dump_json(), root, store, threads, tracker)
         return
+    from multiprocessing.managers import SyncManager
+
     ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
-    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    manager = SyncManager(ctx=ctx)
+    manager.start(_die_with_parent)  # the queue's server process, too, goes with the sweep
+    with manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent) as pool:
         reports = manager.Queue()
-        futures = {pool.submit(_run_one, r.config.model_dump_json(), root, store, threads, reports): r for r in todo}
+        futures = {
+            pool.submit(_pool_run_one, r.config.model_dump_json(), root, store, threads, reports): r for r in todo
+        }
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-            tracker.drain(reports)
-            for fut in done:
-                tracker.finish(_collect(fut.result, futures[fut].config.name, "worker crashed"))
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                tracker.drain(reports)
+                for fut in done:
+                    tracker.finish(_collect(fut.result, futures[fut].config.name, "worker crashed"))
+        except BaseException:
+            _stop_workers(pool)
+            raise
+
+
+def _pool_run_one(
+    config_json: str, runs_dir: str, store_path: str, threads: int, reports: _Reports | None = None
+) -> RunResult:
+    """:func:`_run_one` in a pool worker: an interrupted run ends the worker too.
+
+    Its run has recorded itself as interrupted; a worker that lived on would take the
+    next run (or wait forever for one from a dead sweep).
+    """
+    try:
+        return _run_one(config_json, runs_dir, store_path, threads, reports)
+    except (KeyboardInterrupt, RunInterrupted):
+        os._exit(128 + 15)
+
+
+def _die_with_parent() -> None:
+    """Pool worker initializer: on Linux, SIGTERM this worker when the sweep process dies (even by SIGKILL).
+
+    The worker then records its run as interrupted instead of finishing it and taking
+    the next. Elsewhere this is not available, and a killed sweep's workers finish
+    their current run.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and SIGTERM the workers (their runs record themselves as interrupted)."""
+    import signal
+
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        process.join(timeout=60)
 
 
 def _run_ray(
