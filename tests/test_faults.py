@@ -270,3 +270,35 @@ def test_workers_die_with_a_killed_sweep_and_record_their_runs(tmp_path: Path) -
             os.killpg(pgid, signal.SIGKILL)
     rows = ResultsStore(runs / "results.sqlite").list()
     assert rows and all(r["status"] == "failed" and "interrupted by SIGTERM" in r["error"] for r in rows), rows
+
+
+def test_repair_marks_failed_a_run_killed_outright_and_a_damaged_complete_one(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    seed_synthetic_cache(tmp_path / "cache")
+    runs = tmp_path / "runs"
+    done = execute(validate_config(tiny_config(tmp_path / "cache", name="done")), runs, progress=False)
+    (done.run_dir / "model.safetensors").unlink()
+    cfg = tiny_config(tmp_path / "cache", name="killed", train={"epochs": 400, "batch_size": 32, "lr": 0.003})
+    cmd = [sys.executable, "-m", "backdoorlab.cli", "train", str(write_yaml(tmp_path / "k.yaml", cfg)),
+           "--runs-dir", str(runs), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(runs.glob("killed-*/history.json")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to record anything
+    proc.wait(timeout=30)
+    db = ResultsStore(runs / "results.sqlite")
+    assert sorted(r["status"] for r in db.list()) == ["complete", "running"]  # what the store believed
+    out = invoke(CliRunner(), "runs", "--store", runs / "results.sqlite", "--repair")
+    assert out.exit_code == 0 and "2 row(s) repaired" in out.output
+    rows = {r["name"]: r for r in db.list()}
+    assert rows["killed"]["status"] == "failed" and "is gone" in rows["killed"]["error"]
+    assert rows["done"]["status"] == "failed" and "model.safetensors is missing" in rows["done"]["error"]
+    out = invoke(CliRunner(), "runs", "--store", runs / "results.sqlite", "--repair")
+    assert "0 row(s) repaired" in out.output  # idempotent

@@ -203,9 +203,24 @@ def runs(
     watch: Annotated[
         float | None, typer.Option(help="with --sweep: refresh every SECONDS until nothing runs or waits", min=0.1)
     ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(help="mark failed: running rows whose process is gone, complete ones whose folder is damaged"),
+    ] = False,
 ) -> None:
     """List and compare runs recorded in the results store, or follow a sweep's points (--sweep)."""
     from backdoorlab.experiments.store import ResultsStore
+
+    if repair:
+        from backdoorlab.experiments.run import repair_store
+
+        if not store.is_file():
+            raise ConfigError(f"results store {store} does not exist")
+        fixed = repair_store(ResultsStore(store))
+        for run_id, reason in fixed:
+            console.print(f"marked failed: {run_id}: {escape(reason)}", highlight=False)
+        console.print(f"{store}: {len(fixed)} row(s) repaired", highlight=False)
+        return
 
     if sweep is not None:
         if name or metric:

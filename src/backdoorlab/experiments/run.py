@@ -213,6 +213,27 @@ def run_folder_problem(run_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def repair_store(store: ResultsStore) -> list[tuple[str, str]]:
+    """Reconcile the store with what is true: ``(run id, what was wrong)`` for every row marked failed.
+
+    A ``running`` row whose process is gone (killed outright) and a ``complete`` row whose
+    folder no longer matches its seal are marked failed, so no reader counts them and a
+    sweep runs the point again.
+    """
+    repaired = []
+    for row in store.stale_running():
+        reason = f"interrupted: its process ({row['host']} pid {row['pid']}) is gone"
+        store.fail(row["run_id"], reason)
+        repaired.append((row["run_id"], reason))
+    for row in store.list(status="complete", limit=None):
+        problem = run_folder_problem(row["run_dir"])
+        if problem is not None:
+            reason = f"run folder is not intact: {problem}"
+            store.fail(row["run_id"], reason)
+            repaired.append((row["run_id"], reason))
+    return repaired
+
+
 class Interrupts:
     """SIGINT / SIGTERM as exceptions, once; held back while an outcome is being recorded.
 

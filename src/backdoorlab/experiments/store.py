@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS mitigations (
 
 # Columns added to ``runs`` after the first schema, with their SQL type: a store written
 # before them gains them on opening (its old columns stay, unused), so it resumes as is.
-ADDED_RUN_COLUMNS: dict[str, str] = {"headline_metric": "TEXT", "headline": "REAL"}
+ADDED_RUN_COLUMNS: dict[str, str] = {"headline_metric": "TEXT", "headline": "REAL", "host": "TEXT", "pid": "INTEGER"}
 
 # Keys ignored by :func:`settings_hash`: where a defence ran does not change what it concludes.
 IGNORED_SETTINGS = frozenset({"device"})
@@ -166,6 +166,13 @@ class ResultsStore:
         finally:
             con.close()
 
+    def stale_running(self) -> list[dict[str, Any]]:
+        """``running`` rows whose process is gone (same host, no such PID): a run killed outright."""
+        return [
+            r for r in self.list(status="running", limit=None)
+            if r.get("host") is not None and r.get("pid") is not None and not _owner_alive(r["host"], r["pid"])
+        ]  # fmt: skip
+
     def release(self, config_hash: str) -> None:
         """Give up this process's claim on a config (after the run is recorded complete or failed)."""
         with self._connect() as con:
@@ -188,7 +195,7 @@ class ResultsStore:
         with self._connect() as con:
             con.execute(
                 "INSERT OR REPLACE INTO runs (run_id, name, task, status, config_hash, config_json, run_dir, "
-                "created, model_name, library_version) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                "created, model_name, library_version, host, pid) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     name,
@@ -199,6 +206,8 @@ class ResultsStore:
                     time.time(),
                     model_name,
                     library_version,
+                    socket.gethostname(),
+                    os.getpid(),
                 ),
             )
 
