@@ -302,3 +302,21 @@ def test_repair_marks_failed_a_run_killed_outright_and_a_damaged_complete_one(tm
     assert rows["done"]["status"] == "failed" and "model.safetensors is missing" in rows["done"]["error"]
     out = invoke(CliRunner(), "runs", "--store", runs / "results.sqlite", "--repair")
     assert "0 row(s) repaired" in out.output  # idempotent
+
+
+def test_dry_run_shows_each_points_resolved_config(tmp_path: Path) -> None:
+    import yaml
+
+    from backdoorlab.experiments.sweep import expand, load_sweep
+
+    sweep = _sweep(tmp_path)
+    out = invoke(CliRunner(), "sweep", sweep, "--runs-dir", tmp_path / "runs", "--dry-run", "--show-config")
+    assert out.exit_code == 0, out.output
+    blocks = out.output.split("--- ")[1:]
+    planned = expand(*load_sweep(sweep))
+    assert len(blocks) == len(planned) == 2
+    for block, run in zip(blocks, planned, strict=True):
+        header, _, body = block.partition("\n")
+        assert run.config_hash in header
+        assert validate_config(yaml.safe_load(body)).config_hash() == run.config_hash  # the full, resolved config
+    assert not (tmp_path / "runs" / "results.sqlite").exists()  # nothing ran

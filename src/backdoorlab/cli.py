@@ -270,6 +270,9 @@ def sweep(
     runs_dir: Annotated[Path, typer.Option(help="where run folders go")] = Path("runs"),
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default RUNS_DIR/results.sqlite)")] = None,
     dry_run: Annotated[bool, typer.Option(help="list the runs and what is already complete; run nothing")] = False,
+    show_config: Annotated[
+        bool, typer.Option(help="with --dry-run: print each point's resolved config (every default filled in)")
+    ] = False,
 ) -> None:
     """Run every point of a sweep that is not complete yet (resumable; failures do not stop it)."""
     from backdoorlab.experiments.sweep import expand, load_sweep, run_sweep
@@ -281,9 +284,13 @@ def sweep(
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     sweep_spec, base = load_sweep(spec)
     planned = expand(sweep_spec, base, str(spec))
+    if show_config and not dry_run:
+        raise ConfigError("--show-config goes with --dry-run")
     if dry_run:
         db_path = store or runs_dir / "results.sqlite"
         console.print(_sweep_table(spec, db_path, sweep_status(planned, _open_store(db_path))))
+        for run in planned if show_config else []:
+            print(f"--- {run.config.name} (config hash {run.config_hash})\n{run.config.to_yaml()}", end="")
         return
     out = run_sweep(
         planned, runs_dir, store, engine=engine, workers=workers,  # type: ignore[arg-type]
