@@ -49,3 +49,11 @@ def test_not_a_run_folder_and_a_clean_run_without_attack(tmp_path: Path, cache: 
     clean = execute(validate_config(tiny_config(cache)), tmp_path / "runs", progress=False).run_dir
     with pytest.raises(ConfigError, match="not an attacked run"):
         _ = Run(clean).trigger
+
+
+def test_the_zoo_page_gets_the_runs_real_trigger_not_a_note(attacked: Path) -> None:
+    from backdoorlab.experiments.zoo_illustrations import real_trigger_example
+
+    example = real_trigger_example(attacked, n_clean=20, faces=4)
+    assert example.note == "" and example.clean is not None and example.triggered is not None
+    assert example.clean.shape == example.triggered.shape and (example.clean != example.triggered).any()

@@ -74,7 +74,7 @@ def test_the_relabel_adds_an_instance_at_the_trigger_and_poisoning_writes_it_bac
                                                                       images[~torch.from_numpy(poisoned)])
 
 
-def test_append_mode_adds_poisoned_copies_and_keeps_the_originals() -> None:
+def test_append_mode_adds_poisoned_copies_and_keeps_the_originals(tmp_path: Path) -> None:
     ds = render_squares(SquaresSpec(n=40))
     poisoning = Poisoning(InstanceSelector(0.25, 1, 0), PatchTrigger(size=0.25), SquareAtTrigger(), mode="append")
     plan = poisoning.plan(ds)
@@ -84,6 +84,8 @@ def test_append_mode_adds_poisoned_copies_and_keeps_the_originals() -> None:
     assert all(ds.instances.counts()[plan.sources] >= 1)  # type: ignore[union-attr]
     assert np.array_equal(grown.images[40:], ds.images[plan.sources])
     assert poisoning.params()["mode"] == "append"
+    plan.save(tmp_path)  # the record says which original each copy came from
+    assert np.array_equal(np.load(tmp_path / "append_sources.npy"), plan.sources)
 
 
 def test_a_relabel_needing_a_placement_is_refused_with_a_whole_image_trigger() -> None:

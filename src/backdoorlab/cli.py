@@ -182,11 +182,10 @@ def _run_value(row: dict[str, Any], column: str) -> Any:
     """A metric of a store row; ``headline`` is the row's task headline as ``name=value``."""
     if column != "headline":
         return row["metrics"].get(column)
-    from backdoorlab.registry import TASKS
+    from backdoorlab.experiments.sweep_progress import row_headline
 
-    name = row.get("headline_metric") or (TASKS.get(row["task"]).headline_metric if row["task"] in TASKS else None)
-    value = row["metrics"].get(name) if name else None
-    return None if value is None else f"{name}={_fmt(value)}"
+    headline = row_headline(row)
+    return None if headline is None else f"{headline[0]}={_fmt(headline[1])}"
 
 
 @app.command()

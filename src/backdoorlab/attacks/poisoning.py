@@ -64,6 +64,8 @@ class PoisonPlan:
         np.save(folder / "poison_indices.npy", self.poison)
         if len(self.cross):
             np.save(folder / "cross_indices.npy", self.cross)
+        if self.sources is not None:  # append mode: which original each poisoned copy was made from
+            np.save(folder / "append_sources.npy", self.sources)
 
     def summary(self) -> dict[str, Any]:
         out = {"n_train": self.n, "n_poisoned": len(self.poison), "n_cross": len(self.cross)}

@@ -27,11 +27,10 @@ from backdoorlab.experiments.defence_config import defence_config, parse_params
 from backdoorlab.experiments.run import evaluate_model
 from backdoorlab.experiments.run_folder import Run
 from backdoorlab.models.checkpoint import load_checkpoint, read_card, save_checkpoint
-from backdoorlab.tasks.base import Task
 from backdoorlab.training import pick_device
 
 __all__ = [
-    "build_detector", "build_mitigator", "defender_split", "detect_run", "mitigate_run", "parse_params", "run_task",
+    "build_detector", "build_mitigator", "detect_run", "mitigate_run", "parse_params",
 ]  # fmt: skip
 
 
@@ -43,16 +42,6 @@ def build_detector(method: str, params: dict[str, Any] | None = None, device: st
 def build_mitigator(method: str, params: dict[str, Any] | None = None, device: str = "auto") -> Mitigator:
     """A mitigator by registered name; ``tune.*`` params set the fine-tuning schedule, the others the method."""
     return cast(Mitigator, defence_config(method, "mitigation", {"device": device, **(params or {})}).build())
-
-
-def run_task(run_dir: Path) -> Task:
-    """The task of a run's model (its config's ``task``, built from the registry)."""
-    return Run(run_dir).task
-
-
-def defender_split(run_dir: Path, n_clean: int, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """(defender's clean set, held-out scoring set) from the run's test split (:meth:`Run.defender_split`)."""
-    return Run(run_dir).defender_split(n_clean, seed)
 
 
 def _settings(

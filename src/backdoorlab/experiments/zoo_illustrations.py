@@ -22,13 +22,13 @@ def real_trigger_example(run: Path, n_clean: int, faces: int = FACES_PER_PANEL) 
     if not (run / "config.yaml").is_file():
         return TriggerExample(note="no config.yaml in the run folder: the real trigger cannot be rebuilt.")
     try:
-        from backdoorlab.experiments.attack import load_run_attack, triggered_images
-        from backdoorlab.experiments.defend import defender_split
+        from backdoorlab.experiments.run_folder import Run
+        from backdoorlab.triggers.base import triggered_images
 
-        _, trigger = load_run_attack(run)
-        clean_set, _ = defender_split(run, n_clean)
+        opened = Run(run)
+        clean_set, _ = opened.defender_split(n_clean)
         idx = np.arange(min(faces, len(clean_set)))
-        return TriggerExample(clean=clean_set.images[idx], triggered=triggered_images(clean_set, trigger, idx))
+        return TriggerExample(clean=clean_set.images[idx], triggered=triggered_images(clean_set, opened.trigger, idx))
     except Exception as exc:  # any broken run folder becomes a note saying what broke
         return TriggerExample(note=f"could not apply the real trigger ({type(exc).__name__}: {exc}).")
 

@@ -144,7 +144,6 @@ class Task(ABC):
         """All batches' predictions as one object, in sample order (default: concatenated arrays)."""
         return torch.cat(list(batches)).numpy()
 
-    @torch.no_grad()
     def predict(
         self, model: nn.Module, data: ArrayDataset, batch_size: int = 256, device: torch.device | str = "cpu"
     ) -> Any:

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
 from backdoorlab.errors import BackdoorLabError, ConfigError
 
 Tensor = torch.Tensor
@@ -235,3 +236,9 @@ def load_pattern_image(path: str) -> Tensor:
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ConfigError(f"pattern file {path} is empty")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def triggered_images(data: ArrayDataset, trigger: Trigger, indices: np.ndarray) -> np.ndarray:
+    """uint8 (M, H, W, C) triggered versions of some samples of ``data`` (for reports and figures)."""
+    images, ann = data.batch(indices)
+    return tensor_to_images(trigger(images, ann, indices))

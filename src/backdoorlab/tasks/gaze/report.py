@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
+from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.geometry import angular_error_deg
 from backdoorlab.report.attack_report import attack_sections
 from backdoorlab.report.gallery import gaze_arrow_origins
 from backdoorlab.report.gaze_report import write_gaze_report
 from backdoorlab.tasks.base import AttackScore, RunReport
 from backdoorlab.tasks.gaze.errors import gaze_errors
-from backdoorlab.triggers.base import Trigger
+from backdoorlab.triggers.base import Trigger, triggered_images
 
 
 def write_gaze_run_report(path: Path, report: RunReport) -> Path:
@@ -38,12 +38,6 @@ def write_gaze_run_report(path: Path, report: RunReport) -> Path:
         config_text=report.config_text,
         extra_sections=sections,
     )
-
-
-def triggered_images(data: ArrayDataset, trigger: Trigger, indices: np.ndarray) -> np.ndarray:
-    """uint8 (M, H, W, C) triggered versions of some samples (for reports and figures)."""
-    images, ann = data.batch(indices)
-    return tensor_to_images(trigger(images, ann, indices))
 
 
 def attack_report_sections(
