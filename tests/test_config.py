@@ -272,3 +272,37 @@ def test_clean_config_hash_is_unchanged_by_the_attack_section() -> None:
     """Pinned: the hash of the default config from before attacks existed (store lookups key on it)."""
     assert RunConfig().config_hash() == "8404b70f73ae"
     assert RunConfig(attack={"trigger": {"name": "patch"}}).config_hash() != "8404b70f73ae"
+
+
+def test_relative_paths_in_a_file_resolve_against_that_file_whatever_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: one rule for every path a config holds (the file's folder; the cwd for --set)."""
+    cfg_dir = tmp_path / "configs"
+    cfg_dir.mkdir()
+    cfg = write_yaml(
+        cfg_dir / "run.yaml",
+        {
+            "data": {"source": "folder", "path": "../data/scenes", "cache_dir": "cache"},
+            "attack": {"trigger": {"name": "patch", "pattern": "tape.png"}},
+        },
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # no such pattern file: validation of the trigger fails, but only after the path resolved
+    with pytest.raises(ConfigError, match=str(cfg_dir / "tape.png")):
+        load_config(cfg)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["attack"]["trigger"]["pattern"] = "checkerboard"  # a built-in name is not a path
+    write_yaml(cfg, raw)
+    loaded = load_config(cfg)
+    assert loaded.data.path == str(tmp_path / "data" / "scenes")
+    assert loaded.data.cache_dir == str(cfg_dir / "cache")
+    assert loaded.attack is not None and loaded.attack.trigger["pattern"] == "checkerboard"
+    # typed on the command line: the working directory
+    loaded = load_config(cfg, ["data.path=mine", "data.cache_dir=/abs/cache"])
+    assert loaded.data.path == str(elsewhere / "mine")
+    assert loaded.data.cache_dir == "/abs/cache"
+    monkeypatch.chdir(tmp_path)
+    assert load_config(cfg).config_hash() == load_config(cfg_dir / ".." / "configs" / "run.yaml").config_hash()

@@ -332,3 +332,22 @@ def test_a_nested_override_merges_key_by_key_like_its_dotted_form(tmp_path: Path
 def test_an_empty_sweep_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is empty"):
         load_sweep(write_yaml(tmp_path / "empty.yaml", None))
+
+
+def test_relative_paths_resolve_against_the_file_that_wrote_them(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: the base's paths against the base's folder, the sweep's against the sweep's."""
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "sweeps").mkdir()
+    write_yaml(tmp_path / "bases" / "base.yaml", {**tiny_config(cache), "data": {"cache_dir": "cache_b"}})
+    path = write_yaml(
+        tmp_path / "sweeps" / "sweep.yaml",
+        {"base": "../bases/base.yaml", "name": "t", "runs": [{"seed": 0}, {"seed": 1, "data.cache_dir": "cache_s"}]},
+    )
+    monkeypatch.chdir(tmp_path / "bases")  # anywhere else: same answer
+    planned = expand(*load_sweep(path), str(path))
+    assert [r.config.data.cache_dir for r in planned] == [
+        str(tmp_path / "bases" / "cache_b"),
+        str(tmp_path / "sweeps" / "cache_s"),
+    ]

@@ -76,7 +76,7 @@ def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, torch.Tensor] |
             state = load_file(str(state_path))
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{state_path} is not a readable safetensors file: {exc}") from None
-    return load_config(cfg_path, context={"trigger_state": state}), state
+    return load_config(cfg_path, context={"trigger_state": state}, resolve=False), state
 
 
 def load_run_attack(run_dir: Path) -> tuple[AttackConfig, Trigger]:

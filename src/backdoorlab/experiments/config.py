@@ -372,17 +372,74 @@ def validate_model(model: type[M], raw: Any, origin: str, context: dict[str, Any
         raise ConfigError(_format_validation(exc, origin)) from None
 
 
+#: dotted keys of a run config that hold file or folder paths
+PATH_KEYS = ("data.path", "data.cache_dir", "attack.trigger.pattern")
+_PATTERN_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _is_path_value(key: str, value: Any) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    if key.endswith(".pattern"):  # a pattern is a built-in name unless it looks like a file
+        return "/" in value or os.sep in value or value.lower().endswith(_PATTERN_FILE_SUFFIXES)
+    return True
+
+
+def resolve_paths(raw: dict[str, Any], base_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping with every relative path of :data:`PATH_KEYS` made absolute against ``base_dir``.
+
+    Why: one rule for every path a config holds. A path written in a file means the same
+    thing whichever folder the command is started from: it resolves against the folder of
+    the file it is written in (a sweep's ``base:``, too). A path typed on the command line
+    (``--set data.path=...``) resolves against the working directory, like any shell path.
+    The absolute path is what the run records (and hashes). ``~`` is expanded.
+    """
+    out = copy.deepcopy(raw)
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not _is_path_value(key, node.get(leaf)):
+            continue
+        p = Path(os.path.expanduser(node[leaf]))
+        node[leaf] = str(p if p.is_absolute() else Path(os.path.abspath(Path(base_dir) / p)))
+    return out
+
+
+def path_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides with relative paths of :data:`PATH_KEYS` made absolute against the cwd."""
+    out = []
+    for text in overrides:
+        parts, value = parse_override(text)
+        key = ".".join(parts)
+        if key in PATH_KEYS and _is_path_value(key, value):
+            text = f"{key}={json.dumps(os.path.abspath(os.path.expanduser(value)))}"
+        out.append(text)
+    return out
+
+
 def load_config(
-    path: str | os.PathLike[str] | None, overrides: list[str] | None = None, context: dict[str, Any] | None = None
+    path: str | os.PathLike[str] | None,
+    overrides: list[str] | None = None,
+    context: dict[str, Any] | None = None,
+    resolve: bool = True,
 ) -> RunConfig:
     """Read, override and validate a YAML run config (``None`` = all defaults).
 
     ``context`` reaches the validators; ``{"trigger_state": tensors}`` rebuilds an attacked
-    run's trigger from its stored tensors instead of re-reading a pattern file.
+    run's trigger from its stored tensors instead of re-reading a pattern file. Relative
+    paths resolve as :func:`resolve_paths` says; ``resolve=False`` reads a run's own
+    recorded config, whose paths are already what the run used.
     """
     raw: Any = {}
     origin = "config"
+    overrides = overrides or []
     if path is not None:
         origin = str(path)
         raw = read_yaml_mapping(path)
-    return validate_config(apply_overrides(raw, overrides or []), origin, context)
+        if resolve:
+            raw = resolve_paths(raw, Path(path).parent)
+    if resolve:
+        overrides = path_overrides(overrides)
+    return validate_config(apply_overrides(raw, overrides), origin, context)

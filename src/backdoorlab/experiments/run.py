@@ -38,11 +38,12 @@ import torch
 import backdoorlab
 from backdoorlab.attacks.adaptive import FeatureSignaturePenalty, angle_variance_ratio
 from backdoorlab.attacks.poisoning import write_attack_record
-from backdoorlab.data.arrays import ArrayDataset, file_sha256
+from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.masking import EyeMask
 from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed, RunInterrupted
 from backdoorlab.experiments.attack import attack_settings, build_poisoning, evaluate_attack
 from backdoorlab.experiments.config import RunConfig
+from backdoorlab.experiments.folder_seal import STATUS_FILE, run_folder_problem, seal_run_folder, write_synced
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.models import build_model, check_feature_head_contract, has_feature_head
 from backdoorlab.models.checkpoint import save_checkpoint, save_task_modules
@@ -166,51 +167,6 @@ def _execute_claimed(cfg: RunConfig, store: ResultsStore, run_id: str, path: Pat
             seal_run_folder(path, run_id)
             store.complete(run_id, metrics, metrics.get("data_fingerprint", ""), headline_metric=headline_name)
     return RunOutcome(run_id, path, metrics, (headline_name, metrics.get(headline_name)))
-
-
-STATUS_FILE = "status.json"
-
-
-def write_synced(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, sync it to disk and move it into place."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def seal_run_folder(path: Path, run_id: str) -> None:
-    """``status.json`` = complete, with the SHA-256 of every file the run wrote (later sub-folders excluded)."""
-    files = {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != STATUS_FILE}
-    write_synced(path / STATUS_FILE, json.dumps({"status": "complete", "run_id": run_id, "files": files}, indent=2))
-
-
-def run_folder_problem(run_dir: str | os.PathLike[str]) -> str | None:
-    """Why a run folder the store calls complete cannot be trusted as one (``None`` when it can).
-
-    A sealed folder's files must exist and match their recorded hashes; a folder from
-    before the seal needs at least its model, card and metrics.
-    """
-    path = Path(run_dir)
-    status_path = path / STATUS_FILE
-    try:
-        status = json.loads(status_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return f"{status_path} is missing or unreadable ({exc.__class__.__name__})"
-    if status.get("status") != "complete":
-        return f"{status_path} says {status.get('status')!r}, not complete"
-    files = status.get("files")
-    if files is None:
-        missing = [n for n in ("model.safetensors", "model.json", "metrics.json") if not (path / n).is_file()]
-        return f"{path / missing[0]} is missing" if missing else None
-    for name, want in sorted(files.items()):
-        if not (path / name).is_file():
-            return f"{path / name} is missing"
-        if file_sha256(path / name) != want:
-            return f"{path / name} changed since the run completed"
-    return None
 
 
 def repair_store(store: ResultsStore) -> list[tuple[str, str]]:

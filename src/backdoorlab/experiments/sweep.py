@@ -54,10 +54,12 @@ from backdoorlab.experiments.config import (
     apply_overrides,
     dotted,
     read_yaml_mapping,
+    resolve_paths,
     validate_config,
     validate_model,
 )
-from backdoorlab.experiments.run import run_folder_problem, terminate_as_interrupt
+from backdoorlab.experiments.folder_seal import run_folder_problem
+from backdoorlab.experiments.run import terminate_as_interrupt
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.experiments.sweep_progress import RunResult, RunStarted, SweepEvent, SweepTracker
 
@@ -99,7 +101,7 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[SweepSpec, dict[str, Any]]
         bp = (p.parent / spec.base).resolve()
         if not bp.is_file():
             raise ConfigError(f"{p}: base config {spec.base} does not exist (looked for {bp})")
-        base = read_yaml_mapping(bp)
+        base = resolve_paths(read_yaml_mapping(bp), bp.parent)
     return spec, base
 
 
@@ -109,7 +111,13 @@ def _overrides(point: dict[str, Any]) -> list[str]:
 
 
 def expand(spec: SweepSpec, base: dict[str, Any], origin: str = "sweep") -> list[PlannedRun]:
-    """Every run of the sweep, validated before anything starts (duplicates removed)."""
+    """Every run of the sweep, validated before anything starts (duplicates removed).
+
+    Relative paths the sweep file itself sets (``set``, ``grid``, ``runs``) resolve
+    against its folder when ``origin`` is the sweep file's path (the base's already did
+    against the base's), else against the working directory.
+    """
+    root = Path(origin).parent if Path(origin).is_file() else Path.cwd()
     keys = list(spec.grid)
     points: list[dict[str, Any]] = [
         dict(zip(keys, combo, strict=True)) for combo in itertools.product(*spec.grid.values())
@@ -122,7 +130,7 @@ def expand(spec: SweepSpec, base: dict[str, Any], origin: str = "sweep") -> list
     seen: set[str] = set()
     for i, point in enumerate(points):
         digest = hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        raw = apply_overrides(common, [*_overrides(point), f"name={spec.name}-{digest}"])
+        raw = resolve_paths(apply_overrides(common, [*_overrides(point), f"name={spec.name}-{digest}"]), root)
         cfg = validate_config(raw, f"{origin} run {i} {point}")
         if cfg.config_hash() in seen:
             continue
