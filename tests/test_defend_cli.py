@@ -10,6 +10,8 @@ import pytest
 from helpers_experiments import flat, invoke, tiny_config, write_yaml
 from typer.testing import CliRunner
 
+from backdoorlab.experiments.folder_seal import run_folder_problem
+
 QUICK = ("--param", "steps=3", "--param", "min_clean=16", "--n-clean", "24", "--device", "cpu")
 
 
@@ -65,6 +67,7 @@ def test_mitigate_saves_a_model_and_before_after_metrics(
         assert (record["params"]["paired"], record["params"]["clean_targets"]) == (False, "label")
         assert "paired" not in record["params"]["detector"]
     assert (tmp_path / "fixed" / "model.safetensors").is_file()
+    assert run_folder_problem(tmp_path / "fixed") is None  # sealed last, like a run (issue 13)
     again = invoke(runner, "eval", tmp_path / "fixed")  # the repaired model is a loadable checkpoint
     assert again.exit_code == 0, again.output
 

@@ -98,6 +98,48 @@ def test_an_os_error_is_one_line_naming_the_file(tmp_path: Path, monkeypatch: py
     assert "Traceback" not in out.output
 
 
+def _read_only_command(folder: Path, argv: list[str]) -> list[str]:
+    """``argv`` run where ``folder`` is really read-only: permissions for a normal user, else a read-only mount.
+
+    Root ignores permissions, so as root the command runs in a private mount namespace
+    with ``folder`` bind-mounted read-only (the kernel refuses every write: EROFS).
+    """
+    import os
+    import shlex
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return argv
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+        pytest.skip("running as root without mount namespaces: no way to make a folder read-only here")
+    f = shlex.quote(str(folder))
+    script = f"mount --bind {f} {f} && mount -o remount,bind,ro {f} && exec {shlex.join(argv)}"
+    return ["unshare", "-m", "sh", "-c", script]
+
+
+def test_a_read_only_runs_folder_or_store_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """Issue 13: a real read-only folder (not simulated) gives one line naming the path, exit 2."""
+    import subprocess
+    import sys
+
+    seed_synthetic_cache(tmp_path / "cache")
+    runs = tmp_path / "runs"
+    execute(validate_config(tiny_config(tmp_path / "cache", name="done")), runs, progress=False)
+    cfg = write_yaml(tmp_path / "r.yaml", tiny_config(tmp_path / "cache", name="more"))
+    cli = [sys.executable, "-m", "backdoorlab.cli"]
+    store = str(runs / "results.sqlite")
+    for argv in ([*cli, "train", str(cfg), "--runs-dir", str(runs), "--quiet"], [*cli, "runs", "--store", store]):
+        proc = subprocess.run(_read_only_command(runs, argv), capture_output=True, text=True, timeout=120)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2, out
+        assert "Traceback" not in out and str(runs) in out, out
+        assert len(out.strip().splitlines()) <= 2 and "read-only" in out, out
+    rows = ResultsStore(runs / "results.sqlite").list()
+    assert [r["name"] for r in rows] == ["done"]  # nothing recorded by the refused run
+
+
 # ---------------------------------------------------------------- complete means complete
 def _sweep(tmp_path: Path, seeds: list[int] | None = None) -> Path:
     seed_synthetic_cache(tmp_path / "cache")
@@ -175,6 +217,7 @@ def test_a_claim_is_refused_while_its_owner_lives_and_taken_over_when_it_died(tm
     import sqlite3
     import subprocess
     import sys
+    import time
 
     store = ResultsStore(tmp_path / "s.sqlite")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -182,13 +225,49 @@ def test_a_claim_is_refused_while_its_owner_lives_and_taken_over_when_it_died(tm
     for pid, expect_refused in ((os.getppid(), True), (dead.pid, False)):
         with sqlite3.connect(tmp_path / "s.sqlite") as con:
             row = (socket.gethostname(), pid)
-            con.execute("INSERT OR REPLACE INTO claims VALUES ('h1', 'other-run', ?, ?, 0)", row)
+            con.execute(
+                "INSERT OR REPLACE INTO claims (config_hash, run_id, host, pid, claimed, renewed) "
+                "VALUES ('h1', 'other-run', ?, ?, ?, ?)",
+                (*row, time.time(), time.time()),
+            )
         owner = store.claim("h1", "mine")
         assert (owner is not None) == expect_refused, owner
         if owner is not None:
             assert f"pid {pid}" in owner
     store.release("h1")
     assert store.claim("h1", "again") is None
+
+
+def test_another_hosts_claim_is_a_lease_taken_over_once_it_runs_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: a claim from a host we cannot ask is judged by its lease, renewed while its owner runs."""
+    import sqlite3
+    import time
+
+    from backdoorlab.experiments.store import keep_claim
+
+    monkeypatch.setenv("BACKDOORLAB_LEASE_SECONDS", "0.6")
+    store = ResultsStore(tmp_path / "s.sqlite")
+    store.start("far-run", "far", "task", "h1", {}, str(tmp_path / "far"), "m", "0")
+    with sqlite3.connect(tmp_path / "s.sqlite") as con:  # the row and claim of a sweep on another machine
+        con.execute("UPDATE runs SET host='far-away', pid=1 WHERE run_id='far-run'")
+        con.execute(
+            "INSERT INTO claims (config_hash, run_id, host, pid, claimed, renewed) "
+            "VALUES ('h1', 'far-run', 'far-away', 1, ?, ?)",
+            (time.time(), time.time()),
+        )
+    assert "claimed by far-away pid 1" in (store.claim("h1", "mine") or "")
+    assert store.stale_running() == []  # its owner still holds a live lease
+    time.sleep(0.8)  # no renewal for a whole lease: its owner is dead wherever it ran
+    assert [r["run_id"] for r in store.stale_running()] == ["far-run"]
+    assert store.claim("h1", "mine") is None
+
+    with keep_claim(store, "h1"):  # while this owner works its lease stays fresh
+        time.sleep(0.9)
+        with sqlite3.connect(tmp_path / "s.sqlite") as con:
+            renewed = con.execute("SELECT renewed FROM claims WHERE config_hash='h1'").fetchone()[0]
+        assert time.time() - renewed < 0.6
 
 
 # ---------------------------------------------------------------- signals to a sweep with workers
@@ -320,3 +399,35 @@ def test_dry_run_shows_each_points_resolved_config(tmp_path: Path) -> None:
         assert run.config_hash in header
         assert validate_config(yaml.safe_load(body)).config_hash() == run.config_hash  # the full, resolved config
     assert not (tmp_path / "runs" / "results.sqlite").exists()  # nothing ran
+
+
+def test_a_verdict_or_repair_is_kept_only_about_the_weights_it_judged(tmp_path: Path) -> None:
+    """Issue 13: the store's defence records carry the folder's seal; other weights never reuse them."""
+    from zoo_fixtures import add_run, run_config
+
+    from backdoorlab.errors import BackdoorLabError
+    from backdoorlab.experiments.zoo import MitigationRecord, Zoo, ZooVerdict
+
+    store = ResultsStore(tmp_path / "results.sqlite")
+    for i in range(3):
+        add_run(store, f"r{i}", run_config(i, "patch" if i else "clean", "target" if i else None, [0, 0], False), {})
+    zoo = Zoo.open(store.path)
+    model = next(m for m in zoo.models if m.run_id == "r1")
+    settings = {"steps": 3}
+    zoo.record_verdict(model, "sg", ZooVerdict(score=2.0, settings=settings))
+    zoo.record_mitigation(model, "ft", MitigationRecord(before={"asr": 1.0}, after={"asr": 0.1}, settings=settings))
+    assert store.verdicts("r1")[0]["model_seal"]
+    assert zoo.cached_verdict(model, "sg", settings) is not None
+    assert zoo.cached_mitigation(model, "ft", settings) is not None
+
+    (Path(model.run_dir) / "model.safetensors").write_bytes(b"other weights")  # altered in place
+    assert zoo.cached_verdict(model, "sg", settings) is None  # not about these weights: judged again
+    assert zoo.cached_mitigation(model, "ft", settings) is None
+    with pytest.raises(BackdoorLabError, match="changed since the run completed"):
+        zoo.record_verdict(model, "sg", ZooVerdict(score=1.0, settings=settings))
+
+    store.start("r9", "zoo", "task", "r9", {"seed": 9}, str(tmp_path / "r9"), "model", "0")  # still running
+    with pytest.raises(BackdoorLabError, match="r9 is running, not complete"):
+        store.record_verdict("r9", "sg", settings, 1.0)
+    with pytest.raises(BackdoorLabError, match="not complete"):
+        store.record_mitigation("r9", "ft", settings, {}, {})

@@ -24,6 +24,7 @@ from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.defenses.base import Detector, Mitigator, Verdict
 from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.experiments.defence_config import defence_config, parse_params
+from backdoorlab.experiments.folder_seal import seal_run_folder
 from backdoorlab.experiments.run import evaluate_model
 from backdoorlab.experiments.run_folder import Run
 from backdoorlab.models.checkpoint import load_checkpoint, read_card, save_checkpoint
@@ -160,4 +161,5 @@ def mitigate_run(
     tmp = folder / f".mitigation.json.partial-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
     tmp.replace(folder / "mitigation.json")
+    seal_run_folder(folder, f"{Path(run_dir).name}/mitigated/{method}")  # checkable like a run folder, last
     return record, folder / "mitigation.json"

@@ -44,7 +44,7 @@ from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed, RunInt
 from backdoorlab.experiments.attack import attack_settings, build_poisoning, evaluate_attack
 from backdoorlab.experiments.config import RunConfig
 from backdoorlab.experiments.folder_seal import STATUS_FILE, run_folder_problem, seal_run_folder, write_synced
-from backdoorlab.experiments.store import ResultsStore
+from backdoorlab.experiments.store import ResultsStore, keep_claim
 from backdoorlab.models import build_model, check_feature_head_contract, has_feature_head
 from backdoorlab.models.checkpoint import save_checkpoint, save_task_modules
 from backdoorlab.registry import TASKS
@@ -123,7 +123,8 @@ def execute(
         else:
             path = Path(run_dir)
             run_id = path.name
-        return _execute_claimed(cfg, store, run_id, path, progress)
+        with keep_claim(store, cfg.config_hash()):  # the lease others judge this owner alive by
+            return _execute_claimed(cfg, store, run_id, path, progress)
     finally:
         store.release(cfg.config_hash())
 

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -82,6 +83,22 @@ CREATE TABLE IF NOT EXISTS mitigations (
 # Columns added to ``runs`` after the first schema, with their SQL type: a store written
 # before them gains them on opening (its old columns stay, unused), so it resumes as is.
 ADDED_RUN_COLUMNS: dict[str, str] = {"headline_metric": "TEXT", "headline": "REAL", "host": "TEXT", "pid": "INTEGER"}
+# ... and to the defence tables: the seal of the run folder a record judged (experiments/folder_seal.py)
+ADDED_RECORD_COLUMNS: dict[str, str] = {"model_seal": "TEXT"}
+# ... and to claims: when the owner last said it is alive (its lease)
+ADDED_CLAIM_COLUMNS: dict[str, str] = {"renewed": "REAL"}
+
+
+def lease_seconds() -> float:
+    """How long a claim lives without renewal ($BACKDOORLAB_LEASE_SECONDS, default 600).
+
+    Why a lease: a process on another host cannot be asked whether it is alive, so an
+    owner renews its claim every third of the lease while it runs (:func:`keep_claim`);
+    a claim not renewed for a whole lease belongs to a dead owner wherever it ran. The
+    default tolerates a paused machine for minutes while a dead sweep's points are free
+    again within ten.
+    """
+    return float(os.environ.get("BACKDOORLAB_LEASE_SECONDS", "600"))
 
 # Keys ignored by :func:`settings_hash`: where a defence ran does not change what it concludes.
 IGNORED_SETTINGS = frozenset({"device"})
@@ -114,8 +131,11 @@ class ResultsStore:
             with self._connect() as con:
                 _when_unlocked(lambda: con.executescript(SCHEMA))
                 _add_missing_columns(con, "runs", ADDED_RUN_COLUMNS)
+                for table in ("verdicts", "mitigations"):
+                    _add_missing_columns(con, table, ADDED_RECORD_COLUMNS)
+                _add_missing_columns(con, "claims", ADDED_CLAIM_COLUMNS)
         except sqlite3.DatabaseError as exc:
-            raise BackdoorLabError(f"results store {self.path} cannot be opened as SQLite: {exc}") from None
+            raise BackdoorLabError(_open_problem(self.path, exc)) from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -139,9 +159,9 @@ class ResultsStore:
 
         One owner per config hash, taken atomically (an immediate transaction), so two
         sweeps writing one store never train the same point twice. A claim names its
-        owner's host and PID; a claim whose owner is dead (same host, no such process) is
-        taken over, so a killed sweep's points are not locked forever. A claim from
-        another host cannot be checked from here and is respected until released.
+        owner's host and PID and is a lease the owner renews (:func:`lease_seconds`); a
+        claim whose owner is dead (same host and no such process, or any host and the
+        lease run out) is taken over, so a killed sweep's points are not locked forever.
         """
         host, pid = socket.gethostname(), os.getpid()
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -153,25 +173,52 @@ class ResultsStore:
             if skip_complete and done is not None:
                 con.execute("ROLLBACK")
                 return f"already complete as {done[0]}"
-            held = con.execute("SELECT run_id, host, pid FROM claims WHERE config_hash=?", (config_hash,)).fetchone()
-            if held is not None and (held[1], held[2]) != (host, pid) and _owner_alive(held[1], held[2]):
+            held = con.execute(
+                "SELECT run_id, host, pid, claimed, renewed FROM claims WHERE config_hash=?", (config_hash,)
+            ).fetchone()
+            if held is not None and (held[1], held[2]) != (host, pid) and _claim_alive(*held[1:]):
                 con.execute("ROLLBACK")
                 return f"claimed by {held[1]} pid {held[2]} (run {held[0]})"
+            now = time.time()
             con.execute(
-                "INSERT OR REPLACE INTO claims (config_hash, run_id, host, pid, claimed) VALUES (?, ?, ?, ?, ?)",
-                (config_hash, run_id, host, pid, time.time()),
+                "INSERT OR REPLACE INTO claims (config_hash, run_id, host, pid, claimed, renewed) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (config_hash, run_id, host, pid, now, now),
             )
             con.execute("COMMIT")
             return None
         finally:
             con.close()
 
+    def renew(self, config_hash: str) -> None:
+        """Extend this process's lease on a config it claimed (see :func:`keep_claim`)."""
+        with self._connect() as con:
+            con.execute(
+                "UPDATE claims SET renewed=? WHERE config_hash=? AND host=? AND pid=?",
+                (time.time(), config_hash, socket.gethostname(), os.getpid()),
+            )
+
     def stale_running(self) -> list[dict[str, Any]]:
-        """``running`` rows whose process is gone (same host, no such PID): a run killed outright."""
-        return [
-            r for r in self.list(status="running", limit=None)
-            if r.get("host") is not None and r.get("pid") is not None and not _owner_alive(r["host"], r["pid"])
-        ]  # fmt: skip
+        """``running`` rows whose process is gone: a run killed outright.
+
+        On this host: no such PID. On another host: its process holds no live claim on
+        the config any more (it renews one while it runs; the lease ran out or was taken).
+        """
+        with self._connect() as con:
+            claims = {
+                (r["config_hash"], r["host"], r["pid"]): (r["claimed"], r["renewed"])
+                for r in con.execute("SELECT * FROM claims")
+            }
+
+        def gone(r: dict[str, Any]) -> bool:
+            if r.get("host") is None or r.get("pid") is None:
+                return False  # a row from before hosts were recorded: nothing to judge it by
+            if r["host"] == socket.gethostname():
+                return not _owner_alive(r["host"], r["pid"])
+            lease = claims.get((r["config_hash"], r["host"], r["pid"]))
+            return lease is None or not _claim_alive(r["host"], r["pid"], *lease)
+
+        return [r for r in self.list(status="running", limit=None) if gone(r)]
 
     def release(self, config_hash: str) -> None:
         """Give up this process's claim on a config (after the run is recorded complete or failed)."""
@@ -290,16 +337,21 @@ class ResultsStore:
         seconds: float | None = None,
         estimates: Mapping[str, Any] | None = None,
         details: Mapping[str, Any] | None = None,
+        model_seal: str | None = None,
     ) -> None:
         """Keep what ``method`` with ``settings`` concluded about a run (same settings: replaced).
 
         ``estimates`` are the task's own numbers (e.g. what the reversed trigger drives the
-        model to), kept as an opaque JSON object.
+        model to), kept as an opaque JSON object. ``model_seal`` names the exact folder
+        contents judged, so a reader can tell a verdict about other weights. A run the
+        store does not call complete gets no verdict (:meth:`_require_complete`).
         """
         with self._connect() as con:
+            self._require_complete(con, run_id)
             con.execute(
                 "INSERT OR REPLACE INTO verdicts (run_id, method, settings_hash, settings_json, score, threshold, "
-                "backdoored, seconds, estimates_json, details_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "backdoored, seconds, estimates_json, details_json, created, model_seal) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     method,
@@ -312,6 +364,7 @@ class ResultsStore:
                     json.dumps(estimates or {}, sort_keys=True),
                     json.dumps(details or {}, sort_keys=True),
                     time.time(),
+                    model_seal,
                 ),
             )
 
@@ -328,12 +381,17 @@ class ResultsStore:
         after: Mapping[str, Any],
         seconds: float | None = None,
         details: Mapping[str, Any] | None = None,
+        model_seal: str | None = None,
     ) -> None:
-        """Keep a repair of a run: the task's metrics ``before`` and ``after`` it (same settings: replaced)."""
+        """Keep a repair of a run: the task's metrics ``before`` and ``after`` it (same settings: replaced).
+
+        ``model_seal`` and the refusal of a run that is not complete: as :meth:`record_verdict`.
+        """
         with self._connect() as con:
+            self._require_complete(con, run_id)
             con.execute(
                 "INSERT OR REPLACE INTO mitigations (run_id, method, settings_hash, settings_json, before_json, "
-                "after_json, seconds, details_json, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "after_json, seconds, details_json, created, model_seal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     method,
@@ -344,12 +402,23 @@ class ResultsStore:
                     seconds,
                     json.dumps(details or {}, sort_keys=True),
                     time.time(),
+                    model_seal,
                 ),
             )
 
     def mitigations(self, run_id: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
         """Stored repairs, newest first; ``settings``, ``before``, ``after`` and ``details`` decoded."""
         return self._records("mitigations", run_id, method)
+
+    @staticmethod
+    def _require_complete(con: sqlite3.Connection, run_id: str) -> None:
+        """A defence record about a run the store has but does not call complete is refused.
+
+        A run this store never saw (a folder judged on its own) may still be recorded.
+        """
+        row = con.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is not None and row["status"] != "complete":
+            raise BackdoorLabError(f"run {run_id} is {row['status']}, not complete: its defence records are refused")
 
     def _records(self, table: str, run_id: str | None, method: str | None) -> list[dict[str, Any]]:
         sql, args = f"SELECT * FROM {table} WHERE 1=1", []  # table: one of ours, never user input
@@ -387,6 +456,49 @@ def _owner_alive(host: str, pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def _open_problem(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """Why a store did not open, told apart: not SQLite at all, or SQLite that cannot be written here."""
+    try:
+        with path.open("rb") as fh:
+            is_sqlite = fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        is_sqlite = False
+    if is_sqlite:
+        return (
+            f"results store {path} cannot be opened for writing ({exc}): is its folder read-only? "
+            "(the store keeps its journal beside the file, so even reading it needs a writable folder)"
+        )
+    return f"results store {path} cannot be opened as SQLite: {exc}"
+
+
+def _claim_alive(host: str, pid: int, claimed: float, renewed: float | None) -> bool:
+    """Whether a claim's owner may still be working: lease not run out, and its process there on this host."""
+    if time.time() - (renewed if renewed is not None else claimed) > lease_seconds():
+        return False
+    return _owner_alive(host, pid)
+
+
+@contextmanager
+def keep_claim(store: ResultsStore, config_hash: str) -> Iterator[None]:
+    """Renew this process's claim every third of the lease while the block runs (a daemon thread)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease_seconds() / 3):
+            try:
+                store.renew(config_hash)
+            except sqlite3.Error:  # a busy store: the next beat tries again, well within the lease
+                continue
+
+    thread = threading.Thread(target=beat, name=f"lease-{config_hash[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _add_missing_columns(con: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from backdoorlab.defenses.base import calibrated_threshold
 from backdoorlab.errors import BackdoorLabError
+from backdoorlab.experiments.folder_seal import folder_seal, run_folder_problem
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.metrics.detection import accuracy_at, auroc, tpr_at_fpr
 
@@ -311,7 +312,7 @@ class Zoo:
             ) from None
 
     def record_verdict(self, model: ZooModel, method: str, verdict: ZooVerdict) -> None:
-        """Keep a verdict (under ``verdict.settings``) in the store the model came from."""
+        """Keep a verdict (under ``verdict.settings``) in the store the model came from, with the folder's seal."""
         self.store_of(model).record_verdict(
             model.run_id,
             method,
@@ -322,7 +323,25 @@ class Zoo:
             verdict.seconds,
             verdict.estimates,
             verdict.details,
+            model_seal=self._intact_seal(model),
         )
+
+    @staticmethod
+    def _intact_seal(model: ZooModel) -> str | None:
+        """The seal of the model's folder (None for a folder from before seals); a damaged one is refused."""
+        if (problem := run_folder_problem(model.run_dir)) is not None:
+            raise BackdoorLabError(f"run {model.run_id}: {problem}; its defence records are refused")
+        return folder_seal(model.run_dir)
+
+    def _reusable(self, model: ZooModel, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stored records still about this model's weights: same seal, and none once the folder is damaged.
+
+        A record from before seals (no ``model_seal``) counts while the folder is intact.
+        """
+        if run_folder_problem(model.run_dir) is not None:
+            return []
+        seal = folder_seal(model.run_dir)
+        return [r for r in records if r.get("model_seal") in (None, seal)]
 
     def cached_verdict(
         self,
@@ -333,13 +352,20 @@ class Zoo:
         before_it_existed: Mapping[str, Any] | None = None,
     ) -> ZooVerdict | None:
         """The newest stored verdict that ``settings`` would make again (see :func:`settings_match`), if any."""
-        records = self.store_of(model).verdicts(model.run_id, method)
+        records = self._reusable(model, self.store_of(model).verdicts(model.run_id, method))
         record = _newest_matching(records, settings, defaults, before_it_existed)
         return None if record is None else ZooVerdict.from_record(record)
 
     def record_mitigation(self, model: ZooModel, method: str, record: MitigationRecord) -> None:
         self.store_of(model).record_mitigation(
-            model.run_id, method, record.settings, record.before, record.after, record.seconds, record.details
+            model.run_id,
+            method,
+            record.settings,
+            record.before,
+            record.after,
+            record.seconds,
+            record.details,
+            model_seal=self._intact_seal(model),
         )
 
     def cached_mitigation(
@@ -351,7 +377,7 @@ class Zoo:
         before_it_existed: Mapping[str, Any] | None = None,
     ) -> MitigationRecord | None:
         """The newest stored repair that ``settings`` would make again, if any."""
-        records = self.store_of(model).mitigations(model.run_id, method)
+        records = self._reusable(model, self.store_of(model).mitigations(model.run_id, method))
         record = _newest_matching(records, settings, defaults, before_it_existed)
         return None if record is None else MitigationRecord.from_record(record)
 
