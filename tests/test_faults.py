@@ -245,6 +245,7 @@ def test_another_hosts_claim_is_a_lease_taken_over_once_it_runs_out(
     import sqlite3
     import time
 
+    from backdoorlab.errors import BackdoorLabError
     from backdoorlab.experiments.store import keep_claim
 
     monkeypatch.setenv("BACKDOORLAB_LEASE_SECONDS", "0.6")
@@ -268,6 +269,33 @@ def test_another_hosts_claim_is_a_lease_taken_over_once_it_runs_out(
         with sqlite3.connect(tmp_path / "s.sqlite") as con:
             renewed = con.execute("SELECT renewed FROM claims WHERE config_hash='h1'").fetchone()[0]
         assert time.time() - renewed < 0.6
+    store.require_claim("h1")
+    with sqlite3.connect(tmp_path / "s.sqlite") as con:  # paused past its lease, this owner was replaced
+        con.execute("UPDATE claims SET host='far-away', pid=2 WHERE config_hash='h1'")
+    with pytest.raises(BackdoorLabError, match=r"lost the claim .* not recorded complete"):
+        store.require_claim("h1")
+
+
+def test_a_run_that_lost_its_claim_is_not_recorded_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: one complete row per config even when a paused owner's lease was taken over."""
+    from backdoorlab.errors import BackdoorLabError
+    from backdoorlab.experiments import run as run_module
+
+    seed_synthetic_cache(tmp_path / "cache")
+    real = run_module._train_and_evaluate
+
+    def taken_over_meanwhile(cfg, path, progress):  # type: ignore[no-untyped-def]
+        metrics = real(cfg, path, progress)
+        store = ResultsStore(tmp_path / "runs" / "results.sqlite")
+        with store._connect() as con:
+            con.execute("UPDATE claims SET host='far-away', pid=2")
+        return metrics
+
+    monkeypatch.setattr(run_module, "_train_and_evaluate", taken_over_meanwhile)
+    with pytest.raises(BackdoorLabError, match="lost the claim"):
+        execute(validate_config(tiny_config(tmp_path / "cache")), tmp_path / "runs", progress=False)
+    [row] = ResultsStore(tmp_path / "runs" / "results.sqlite").list()
+    assert row["status"] == "failed" and "lost the claim" in row["error"]
 
 
 # ---------------------------------------------------------------- signals to a sweep with workers

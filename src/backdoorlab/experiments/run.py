@@ -148,6 +148,7 @@ def _execute_claimed(cfg: RunConfig, store: ResultsStore, run_id: str, path: Pat
     with terminate_as_interrupt() as interrupts:
         try:
             metrics = _train_and_evaluate(cfg, path, progress)
+            store.require_claim(cfg.config_hash())  # a lease lost while paused: another owner has the point
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 msg = "interrupted (Ctrl-C)"

@@ -190,6 +190,22 @@ class ResultsStore:
         finally:
             con.close()
 
+    def require_claim(self, config_hash: str) -> None:
+        """Raise :class:`BackdoorLabError` unless this process still holds the claim on a config.
+
+        Checked just before a run is recorded complete: an owner whose lease ran out (a
+        machine paused for longer than the lease) may have been replaced, and two complete
+        rows for one config must not happen.
+        """
+        with self._connect() as con:
+            held = con.execute("SELECT host, pid FROM claims WHERE config_hash=?", (config_hash,)).fetchone()
+        if held is None or (held["host"], held["pid"]) != (socket.gethostname(), os.getpid()):
+            who = "nobody" if held is None else f"{held['host']} pid {held['pid']}"
+            raise BackdoorLabError(
+                f"lost the claim on config {config_hash[:12]} (now held by {who}; the lease ran out): "
+                "not recorded complete"
+            )
+
     def renew(self, config_hash: str) -> None:
         """Extend this process's lease on a config it claimed (see :func:`keep_claim`)."""
         with self._connect() as con:
