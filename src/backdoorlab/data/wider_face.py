@@ -152,7 +152,7 @@ def parse_wider_annotations(path: PathLike, image_dir: PathLike) -> list[FaceRec
                     path,
                     count_no,
                     f"truncated record: field 'count' says {count} faces for {name!r} but only {k} face "
-                    f"lines follow before the next image on line {i + 1}",
+                    f"line(s) follow before the next image on line {i + 1}",
                 )
             rows.append(_wider_face(tokens, path, i + 1))
             i += 1
