@@ -361,6 +361,8 @@ def test_celeba_without_identity_or_partition_files(tmp_path: Path) -> None:
     root = write_celeba(tmp_path / "c", CELEBA[:2], identities=False, partition=False)
     ds = load_celeba(root, split="all", size=SIZE)
     assert ds.instances.columns["label"].tolist() == [-1, -1]
+    only_train = write_celeba(tmp_path / "t", CELEBA[:1])
+    _raises(lambda: load_celeba(only_train, split="test"), "split 'test' holds no images")
     _raises(lambda: load_celeba(root, split="train"), "list_eval_partition.txt", "does not exist")
 
 

@@ -197,6 +197,8 @@ def load_celeba(
         if missing:
             raise DatasetError(f"{part_path}: field 'split' is missing for {len(missing)} images, e.g. {missing[0]!r}")
         names = [n for n in names if partition[n] == SPLITS[split]]
+    if not names:
+        raise DatasetError(f"{base}: CelebA split {split!r} holds no images")
     names = names[:limit]
     points = read_celeba_landmarks(lm_path)
     missing = [n for n in names if n not in points]
