@@ -441,7 +441,15 @@ def test_ethxgaze_errors_name_file_and_field(tmp_path: Path) -> None:
 
 # =========================================================================== registry
 def test_registry(tmp_path: Path) -> None:
-    assert set(REAL_LOADERS) == {"mpiifacegaze", "mpiifacegaze-normalized", "mpiigaze", "ethxgaze"}
+    assert set(REAL_LOADERS) == {
+        "mpiifacegaze",
+        "mpiifacegaze-normalized",
+        "mpiigaze",
+        "ethxgaze",
+        "widerface",
+        "widerface-retinaface",
+        "celeba",
+    }
     err = _raises(lambda: load_real_dataset("gaze360", str(tmp_path)), "gaze360")
     for name in REAL_LOADERS:
         assert name in str(err)

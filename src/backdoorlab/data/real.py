@@ -1,9 +1,12 @@
 """Registry of the real-dataset loaders, so configs and the CLI can name them.
 
 Each loader reads a published release in its own layout and returns an
-:class:`~backdoorlab.data.arrays.ArrayDataset` in the project's conventions ((pitch,
-yaw) radians in the normalised camera, RGB uint8 images, ``identity`` = subject
-number); see the loader modules for the layouts and where each convention comes from.
+:class:`~backdoorlab.data.arrays.ArrayDataset` in the project's conventions: for gaze,
+(pitch, yaw) radians in the normalised camera, RGB uint8 images, ``identity`` = subject
+number; for face detection (WIDER FACE, RetinaFace's WIDER landmarks, CelebA),
+letterboxed RGB images with a per-image instance table of boxes and five landmarks
+(:mod:`backdoorlab.data.instances`). See the loader modules for the layouts and where
+each convention comes from.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.data.celeba import load_celeba
 from backdoorlab.data.ethxgaze import load_ethxgaze
 from backdoorlab.data.mpiifacegaze import load_mpiifacegaze_normalized, load_mpiifacegaze_raw
 from backdoorlab.data.mpiigaze import load_mpiigaze_normalized
+from backdoorlab.data.wider_face import load_widerface, load_widerface_retinaface
 from backdoorlab.errors import ConfigError, DatasetError
 
 REAL_LOADERS: dict[str, Callable[..., ArrayDataset]] = {
@@ -23,6 +28,9 @@ REAL_LOADERS: dict[str, Callable[..., ArrayDataset]] = {
     "mpiifacegaze-normalized": load_mpiifacegaze_normalized,
     "mpiigaze": load_mpiigaze_normalized,
     "ethxgaze": load_ethxgaze,
+    "widerface": load_widerface,
+    "widerface-retinaface": load_widerface_retinaface,
+    "celeba": load_celeba,
 }
 
 
