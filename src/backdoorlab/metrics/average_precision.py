@@ -315,9 +315,7 @@ def average_precision_by_difficulty(
         levels.append(d)
     out = {}
     for level, name in enumerate(DIFFICULTY_NAMES):
-        at_level = [
-            {**gt, "ignore": _gt_arrays(gt)[1] | (d > level)} for gt, d in zip(gts, levels, strict=True)
-        ]
+        at_level = [{**gt, "ignore": _gt_arrays(gt)[1] | (d > level)} for gt, d in zip(gts, levels, strict=True)]
         out[name] = average_precision(preds, at_level, iou=iou, interpolation=interpolation)
     return out
 
