@@ -269,8 +269,8 @@ def random_scene(rng: np.random.Generator, n_img: int = 25) -> tuple[list[dict],
     return preds, gts
 
 
-def coco_stats(preds: list[dict], gts: list[dict]) -> tuple[float, float]:
-    """pycocotools' AP@0.5:0.95 and AP@0.5 for one category, area range "all", up to 100 detections."""
+def coco_stats(preds: list[dict], gts: list[dict], min_area: float = 0.0) -> tuple[float, float]:
+    """pycocotools' AP@0.5:0.95 and AP@0.5 for one category, one area range from ``min_area``, <= 100 detections."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -296,7 +296,7 @@ def coco_stats(preds: list[dict], gts: list[dict]) -> tuple[float, float]:
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(dets)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.params.areaRng = [[0.0, 1e10]]
+        ev.params.areaRng = [[min_area, 1e10]]
         ev.params.areaRngLbl = ["all"]
         # stats[0] reads maxDets=100 and stats[1] reads maxDets[2]: both 100, above any image's count
         ev.params.maxDets = [1, 10, 100]
@@ -315,3 +315,50 @@ def test_coco101_ap_matches_pycocotools(seed: int) -> None:
     assert 0.05 < coco_ap < coco_ap50 < 0.95  # a scene that exercises the curve
     assert ap_range(preds, gts, COCO_IOUS, interpolation="coco101") == pytest.approx(coco_ap, abs=1e-3)
     assert average_precision(preds, gts, 0.5, "coco101") == pytest.approx(coco_ap50, abs=1e-3)
+
+
+def scene_with_small_ignored_faces(rng: np.random.Generator, n_img: int = 25) -> tuple[list[dict], list[dict]]:
+    """Large faces (sides 40-120 px) to find and small ones (6-15 px) to ignore.
+
+    pycocotools ignores faces outside an area range, and that is how it is made to ignore
+    faces here. Its area rule also drops *unmatched predictions* outside the range, a rule
+    we do not have, so the scene avoids it: every small prediction is a near-exact
+    (IoU > 0.99) single detection of a small face, and the other predictions are large.
+    Small and large boxes cannot reach IoU 0.5 (area ratio < 0.15).
+    """
+    preds, gts = [], []
+    for _ in range(n_img):
+        m, s = int(rng.integers(0, 6)), int(rng.integers(0, 4))
+        xy = rng.uniform(0, 400, (m + s, 2))
+        wh = np.concatenate([rng.uniform(40, 120, (m, 2)), rng.uniform(6, 15, (s, 2))])
+        faces = np.concatenate([xy, xy + wh], 1)
+        small = np.arange(m + s) >= m
+        found = rng.random(m + s) > 0.2
+        jitter = np.where(
+            small[:, None], rng.normal(0, 0.01, (m + s, 4)), rng.normal(0, 0.08, (m + s, 4)) * np.tile(wh, 2)
+        )
+        hits = (faces + jitter)[found]
+        large_hits = hits[~small[found]]
+        dups = large_hits[: int(rng.integers(0, len(large_hits) + 1))] + rng.normal(0, 3, (1, 4))
+        nf = int(rng.integers(0, 4))
+        fxy = rng.uniform(0, 400, (nf, 2))
+        false = np.concatenate([fxy, fxy + rng.uniform(40, 120, (nf, 2))], 1)
+        boxes = np.concatenate([hits, dups, false]).reshape(-1, 4)
+        preds.append({"boxes": boxes, "scores": rng.random(len(boxes))})
+        gts.append({"boxes": faces, "ignore": small})
+    return preds, gts
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ignored_faces_match_pycocotools_area_range_ignoring(seed: int) -> None:
+    pytest.importorskip("pycocotools")
+    preds, gts = scene_with_small_ignored_faces(np.random.default_rng(100 + seed))
+    assert sum(int(g["ignore"].sum()) for g in gts) > 10
+    areas = [np.prod(g["boxes"][:, 2:] - g["boxes"][:, :2], axis=1) for g in gts]
+    assert all(((a < 400) == g["ignore"]).all() for a, g in zip(areas, gts, strict=True))
+    coco_ap, coco_ap50 = coco_stats(preds, gts, min_area=400.0)
+    assert ap_range(preds, gts) == pytest.approx(coco_ap, abs=1e-3)
+    assert average_precision(preds, gts, 0.5, "coco101") == pytest.approx(coco_ap50, abs=1e-3)
+    # and ignoring matters: counting the small faces as faces changes AP
+    counted = [{"boxes": g["boxes"]} for g in gts]
+    assert abs(average_precision(preds, counted, 0.5, "coco101") - coco_ap50) > 1e-3
