@@ -115,7 +115,9 @@ def _match_sorted(iou: np.ndarray, ignore: np.ndarray, threshold: float) -> np.n
     if k == 0 or m == 0:
         return match
     free = np.ones(m, bool)
-    for i in range(k):
+    # only predictions overlapping some face enough can match: skip the rest (most of a
+    # detector's low-score output) without a Python-level step each
+    for i in np.flatnonzero((iou >= threshold).any(axis=1)):
         row = iou[i]
         ok = free & (row >= threshold)
         if not ok.any():
