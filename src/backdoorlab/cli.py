@@ -106,12 +106,17 @@ def data_synth(
 @data_app.command("convert")
 @friendly_errors
 def data_convert(
-    kind: Annotated[str, typer.Argument(help="mpiifacegaze, mpiifacegaze-normalized, mpiigaze or ethxgaze")],
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="mpiifacegaze, mpiifacegaze-normalized, mpiigaze, ethxgaze, widerface, widerface-retinaface or celeba"
+        ),
+    ],
     source: Annotated[Path, typer.Argument(help="root folder (or file) of the published release")],
     out: Annotated[Path, typer.Argument(help="folder to write in backdoorlab's format")],
     option: Annotated[list[str] | None, typer.Option(help="loader option KEY=VALUE, e.g. size=64 (repeatable)")] = None,
 ) -> None:
-    """Convert a real gaze dataset to a backdoorlab dataset folder (our conventions)."""
+    """Convert a real dataset to a backdoorlab dataset folder (our conventions)."""
     from backdoorlab.data.real import load_real_dataset
     from backdoorlab.experiments.config import parse_override
 
@@ -151,8 +156,7 @@ def eval_(
         str | None,
         typer.Option(
             help="'run' (the run's own test split, default), a dataset folder, "
-            "or KIND:PATH with KIND in mpiifacegaze, mpiifacegaze-normalized, "
-            "mpiigaze, ethxgaze"
+            "or KIND:PATH with KIND a real-dataset kind (see `data convert --help`)"
         ),
     ] = None,
     unsafe_load: Annotated[

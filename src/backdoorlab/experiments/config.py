@@ -40,9 +40,17 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the images come from and how they are split."""
 
-    source: Literal["synthetic", "folder", "mpiifacegaze", "mpiifacegaze-normalized", "mpiigaze", "ethxgaze"] = (
-        "synthetic"
-    )
+    source: Literal[
+        "synthetic",
+        "folder",
+        "mpiifacegaze",
+        "mpiifacegaze-normalized",
+        "mpiigaze",
+        "ethxgaze",
+        "widerface",
+        "widerface-retinaface",
+        "celeba",
+    ] = "synthetic"
     synthetic: dict[str, Any] = Field(
         default_factory=dict, description="the task's synthetic data settings (every default filled in)"
     )
