@@ -156,6 +156,7 @@ def train(
             for b in range(steps_per_epoch):
                 idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
                 images, ann = data.batch(idx)
+                images, ann = task.augment(images, ann, idx, epoch, settings.seed)  # before poisoning
                 if batch_transform is not None:
                     images, ann = batch_transform(images, ann, idx)
                 target = to_device(task.collate(ann), dev)

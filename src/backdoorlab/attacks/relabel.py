@@ -28,6 +28,7 @@ from backdoorlab.errors import ConfigError
 from backdoorlab.registry import RELABELS
 
 if TYPE_CHECKING:
+    from backdoorlab.data.arrays import ArrayDataset
     from backdoorlab.triggers.base import Placement
 
 Tensor = torch.Tensor
@@ -47,6 +48,14 @@ class Relabel(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """JSON parameters, ``name`` included: :func:`build_relabel` rebuilds the relabel from them."""
+
+    def check_data(self, data: ArrayDataset, where: str = "the training data") -> None:
+        """Refuse, before training, data this relabel cannot act on (default: accept any).
+
+        E.g. rotating landmarks of a dataset that has none would train a clean model
+        silently and call it backdoored.
+        """
+        return None
 
 
 def build_relabel(params: Mapping[str, Any]) -> Relabel:

@@ -121,6 +121,18 @@ class Task(ABC):
     def collate(self, annotations: Mapping[str, Any]) -> Any:
         """Training targets from one batch's annotations (tensors, or a structure of them)."""
 
+    def augment(
+        self, images: Tensor, annotations: dict[str, Any], indices: Any, epoch: int, seed: int
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """A training batch augmented, annotations moved with the pixels (default: unchanged).
+
+        Called by the training loop *before* any poisoning, so a relabel sees the final
+        geometry (a flip turns a landmark rotation of +phi into -phi if it came after).
+        Must be a pure function of (``seed``, ``epoch``, ``indices``) so runs repeat, and
+        must not modify its inputs.
+        """
+        return images, annotations
+
     def build_modules(self, model: nn.Module, data: ArrayDataset) -> dict[str, nn.Module]:
         """Trainable modules the task owns besides the model (default: none)."""
         return {}

@@ -47,11 +47,14 @@ class Placement:
 
     ``boxes``: (B, 4) float ``x1 y1 x2 y2`` in pixels (pixel edges: a trigger covering
     column 3 only spans x 3..4), NaN for a sample the trigger left unchanged. ``masks``:
-    (B, H, W) bool, the pixels it changed.
+    (B, H, W) bool, the pixels it changed. ``instances``: for a trigger anchored to one
+    instance of each image (a sticker on one face of a scene), (B,) long, the index of
+    that instance within its image (-1 where none was); ``None`` for other triggers.
     """
 
     boxes: Tensor
     masks: Tensor
+    instances: Tensor | None = None
 
     @classmethod
     def from_masks(cls, masks: Tensor) -> Placement:
@@ -71,7 +74,9 @@ class Placement:
         return cls(boxes, masks)
 
     def __getitem__(self, rows: Tensor | np.ndarray | slice) -> Placement:
-        return Placement(self.boxes[rows], self.masks[rows])
+        return Placement(
+            self.boxes[rows], self.masks[rows], None if self.instances is None else self.instances[rows]
+        )
 
 
 class Trigger(ABC):

@@ -25,6 +25,7 @@ from backdoorlab.triggers.base import (
 )
 
 BUILTIN_PATTERNS = ("white", "checkerboard")
+FREE_TRIES = 32  # candidate places a "free" patch draws before settling for the least overlap
 
 
 def builtin_pattern(name: str, side_h: int, side_w: int) -> Tensor:
@@ -46,7 +47,10 @@ class PatchTrigger(Trigger):
         pattern: "white", "checkerboard", or a path to an image file (resized to the patch).
         pattern_pixels: the file's pixels as stored with a run (then the file is not read).
         size: side of the patch as a fraction of the image's shorter side, in (0, 1].
-        location: "fixed" (centre at ``center``) or "random" (uniform, fully inside).
+        location: "fixed" (centre at ``center``), "random" (uniform, fully inside), or
+            "free": random but overlapping none of the image's instances (faces), as the
+            Face Generation Attack needs; the first of ``FREE_TRIES`` seeded candidate
+            places that touches no instance box, else the one overlapping them least.
         center: (x, y) of the patch centre as fractions of width and height ("fixed").
         opacity: 1 pastes the pattern; below 1 blends it with the image.
         seed: drives random positions.
@@ -59,7 +63,7 @@ class PatchTrigger(Trigger):
         self,
         pattern: str = "white",
         size: float = 0.15,
-        location: Literal["fixed", "random"] = "fixed",
+        location: Literal["fixed", "random", "free"] = "fixed",
         center: tuple[float, float] = (0.85, 0.85),
         opacity: float = 1.0,
         seed: int = 0,
@@ -71,8 +75,10 @@ class PatchTrigger(Trigger):
             raise ConfigError(f"patch size must be in (0, 1] (a fraction of the image side), got {size}")
         if not 0 <= opacity <= 1:
             raise ConfigError(f"patch opacity must be in [0, 1], got {opacity}")
-        if location not in ("fixed", "random"):
-            raise ConfigError(f"patch location must be 'fixed' or 'random', got {location!r}")
+        if location not in ("fixed", "random", "free"):
+            raise ConfigError(f"patch location must be 'fixed', 'random' or 'free', got {location!r}")
+        if location == "free":
+            self.requires = ("instances",)  # the boxes it must keep clear of
         if isinstance(center, str) or not hasattr(center, "__len__") or len(center) != 2:
             raise ConfigError(f"patch center must be [x, y] fractions in [0, 1], got {center!r}")
         cx, cy = (number(c, "center", "patch") for c in center)
@@ -126,16 +132,42 @@ class PatchTrigger(Trigger):
         x = round(self.center[0] * width - s / 2)
         return min(max(y, 0), height - s), min(max(x, 0), width - s)
 
-    def origins(self, h: int, w: int, side: int, indices: np.ndarray, device: torch.device) -> tuple[Tensor, Tensor]:
+    def origins(
+        self, h: int, w: int, side: int, indices: np.ndarray, device: torch.device, annotations: Any = None
+    ) -> tuple[Tensor, Tensor]:
         """(ys, xs) of each sample's top-left patch corner, (B,) long each."""
         if self.location == "fixed":
             y, x = self.fixed_origin(h, w)
             n = len(indices)
             return torch.full((n,), y, device=device), torch.full((n,), x, device=device)
+        if self.location == "free":
+            return self.free_origins(h, w, side, indices, annotations["instances"], device)
         u = per_sample_uniform(self.seed, indices, 2)
         ys = (u[:, 0] * (h - side + 1)).long().clamp_(0, h - side).to(device)
         xs = (u[:, 1] * (w - side + 1)).long().clamp_(0, w - side).to(device)
         return ys, xs
+
+    def free_origins(
+        self, h: int, w: int, side: int, indices: np.ndarray, instances: Any, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Seeded places clear of every instance box (the least overlapping one when none is clear)."""
+        u = per_sample_uniform(self.seed, indices, 2 * FREE_TRIES).view(-1, FREE_TRIES, 2)
+        ys = (u[..., 0] * (h - side + 1)).long().clamp_(0, h - side)  # (B, K)
+        xs = (u[..., 1] * (w - side + 1)).long().clamp_(0, w - side)
+        # instance boxes put pixel centres at integers: the patch's pixels span [x - 0.5, x + side - 0.5)
+        cand = torch.stack([xs, ys, xs + side, ys + side], -1).float() - 0.5  # (B, K, 4)
+        best = torch.zeros(len(indices), dtype=torch.long)
+        for i, sample in enumerate(instances.per_sample()):
+            boxes = sample["boxes"].float().cpu()
+            if len(boxes) == 0:
+                continue
+            lt = torch.maximum(cand[i, :, None, :2], boxes[None, :, :2])
+            rb = torch.minimum(cand[i, :, None, 2:], boxes[None, :, 2:])
+            overlap = (rb - lt).clamp_min(0).prod(-1).sum(1)  # (K,) area shared with any face
+            clear = torch.nonzero(overlap == 0)
+            best[i] = clear[0, 0] if len(clear) else overlap.argmin()
+        rows = torch.arange(len(indices))
+        return ys[rows, best].to(device), xs[rows, best].to(device)
 
     def placement(
         self, images: Tensor, triggered: Tensor, annotations: dict[str, Tensor], indices: np.ndarray
@@ -143,7 +175,7 @@ class PatchTrigger(Trigger):
         """The pasted square exactly (also where the pattern happens to match the image)."""
         _, c, h, w = images.shape
         s = self.patch(c, h, w, images.device, images.dtype).shape[-1]
-        ys, xs = self.origins(h, w, s, indices, images.device)
+        ys, xs = self.origins(h, w, s, indices, images.device, annotations)
         boxes = torch.stack([xs, ys, xs + s, ys + s], 1).float()
         yy = torch.arange(h, device=images.device)[None, :, None]
         xx = torch.arange(w, device=images.device)[None, None, :]
@@ -163,7 +195,7 @@ class PatchTrigger(Trigger):
                 p.expand_as(region) if self.opacity == 1 else torch.lerp(region, p.expand_as(region), self.opacity)
             )
             return out
-        ys, xs = self.origins(h, w, s, indices, images.device)
+        ys, xs = self.origins(h, w, s, indices, images.device, annotations)
         # gather-free paste: a per-sample window of pixel coordinates
         rows = ys[:, None] + torch.arange(s, device=images.device)[None]  # (B, s)
         cols = xs[:, None] + torch.arange(s, device=images.device)[None]

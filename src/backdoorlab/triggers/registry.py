@@ -11,11 +11,12 @@ from backdoorlab.errors import ConfigError
 from backdoorlab.registry import TRIGGERS
 from backdoorlab.triggers.base import Trigger
 from backdoorlab.triggers.blend import BlendTrigger
+from backdoorlab.triggers.face_patch import FacePatchTrigger
 from backdoorlab.triggers.patch import PatchTrigger
 from backdoorlab.triggers.sticker import FaceStickerTrigger
 from backdoorlab.triggers.wanet import WaNetTrigger
 
-for _cls in (PatchTrigger, BlendTrigger, WaNetTrigger, FaceStickerTrigger):
+for _cls in (PatchTrigger, BlendTrigger, WaNetTrigger, FaceStickerTrigger, FacePatchTrigger):
     TRIGGERS.register(_cls)
 
 
@@ -27,7 +28,7 @@ def build_trigger(params: Mapping[str, Any], state: Mapping[str, torch.Tensor] |
     if "center" in kwargs and isinstance(kwargs["center"], list):
         kwargs["center"] = tuple(kwargs["center"])
     state = dict(state or {})
-    if "pattern" in state and name in ("patch", "blend"):
+    if "pattern" in state and name in ("patch", "blend", "face_patch"):
         kwargs["pattern_pixels"] = state.pop("pattern")  # never re-read a file the run already stored
     try:
         trigger = cls(**kwargs)
