@@ -16,6 +16,10 @@ class ConfigError(BackdoorLabError):
     """A configuration file or override is malformed."""
 
 
+class MissingExtraError(ConfigError):
+    """An optional dependency group (``pip install 'backdoorlab[NAME]'``) is needed but not installed."""
+
+
 class DatasetError(BackdoorLabError):
     """A dataset file is missing, truncated or has the wrong layout."""
 
