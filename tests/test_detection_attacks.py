@@ -16,8 +16,8 @@ from backdoorlab.attacks.selectors import RateSelector
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.instances import FACE_SCHEMA, InstanceBatch, InstanceTable
 from backdoorlab.errors import ConfigError
-from backdoorlab.tasks.detection.augment import FLIP_ORDER, flip_instances, random_flip
-from backdoorlab.tasks.detection.relabels import FakeFace, LandmarkRotation, rotate_points, template_landmarks
+from backdoorlab.tasks.face_detection.augment import FLIP_ORDER, flip_instances, random_flip
+from backdoorlab.tasks.face_detection.relabels import FakeFace, LandmarkRotation, rotate_points, template_landmarks
 from backdoorlab.triggers.face_patch import FacePatchTrigger, face_anchor
 from backdoorlab.triggers.patch import PatchTrigger
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backdoorlab.data.instances import InstanceBatch
-from backdoorlab.tasks.detection.anchors import VARIANCES, Variances, encode, encode_landmarks, priors_to_corners
+from backdoorlab.tasks.face_detection.anchors import VARIANCES, Variances, encode, encode_landmarks, priors_to_corners
 
 #: matched index of a negative prior, and of an ignored one (only with ``neg_iou``)
 NEGATIVE, IGNORED = -1, -2

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from backdoorlab.tasks.detection.anchors import VARIANCES, Variances, decode, decode_landmarks
+from backdoorlab.tasks.face_detection.anchors import VARIANCES, Variances, decode, decode_landmarks
 
 
 def _iou_matrix(boxes: torch.Tensor) -> torch.Tensor:

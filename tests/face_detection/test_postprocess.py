@@ -7,9 +7,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from backdoorlab.tasks.detection import postprocess
-from backdoorlab.tasks.detection.anchors import AnchorSpec, encode, encode_landmarks, make_priors
-from backdoorlab.tasks.detection.postprocess import decode_detections, nms
+from backdoorlab.tasks.face_detection import postprocess
+from backdoorlab.tasks.face_detection.anchors import AnchorSpec, encode, encode_landmarks, make_priors
+from backdoorlab.tasks.face_detection.postprocess import decode_detections, nms
 
 
 def iou(a: list[float], b: list[float]) -> float:

@@ -68,7 +68,7 @@ def _default_row(schema: Mapping[str, tuple[str, tuple[int, ...]]], device: torc
 
 
 class DetectionRelabel(Relabel):
-    task = "detection"
+    task = "face_detection"
     needs_placement: ClassVar[bool] = True
 
     def check_data(self, data: ArrayDataset, where: str = "the training data") -> None:

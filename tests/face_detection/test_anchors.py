@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backdoorlab.tasks.detection.anchors import (
+from backdoorlab.tasks.face_detection.anchors import (
     AnchorSpec,
     decode,
     decode_landmarks,
@@ -16,7 +16,7 @@ from backdoorlab.tasks.detection.anchors import (
     make_priors,
     priors_to_corners,
 )
-from backdoorlab.tasks.detection.matching import box_iou
+from backdoorlab.tasks.face_detection.matching import box_iou
 
 FAST = settings(max_examples=60, deadline=None)
 

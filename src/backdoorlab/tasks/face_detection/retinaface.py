@@ -20,10 +20,10 @@ The single-stage face detector in four parts, each a module a defence can hook:
 :meth:`RetinaFace.features` returns the three SSH outputs (the heads' inputs, the
 usual place to hook or prune), :meth:`RetinaFace.heads` turns them into the outputs.
 
-Outputs are in *encoded* form (see :mod:`backdoorlab.tasks.detection.anchors`) over all
+Outputs are in *encoded* form (see :mod:`backdoorlab.tasks.face_detection.anchors`) over all
 anchors, concatenated level by level (stride 8 first); within a level the order is
 row-major over the feature map cells, then the cell's anchors in the order of
-``AnchorSpec.min_sizes`` -- the order of :func:`~backdoorlab.tasks.detection.anchors.make_priors`.
+``AnchorSpec.min_sizes`` -- the order of :func:`~backdoorlab.tasks.face_detection.anchors.make_priors`.
 
 Activations: RetinaFace uses leaky ReLU (slope 0.1) throughout the MobileNet and,
 when the FPN is at most 64 channels wide, in the FPN and SSH too (plain ReLU above);

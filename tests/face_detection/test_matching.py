@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from backdoorlab.data.instances import InstanceBatch
-from backdoorlab.tasks.detection.anchors import AnchorSpec, encode, encode_landmarks, make_priors
-from backdoorlab.tasks.detection.matching import (
+from backdoorlab.tasks.face_detection.anchors import AnchorSpec, encode, encode_landmarks, make_priors
+from backdoorlab.tasks.face_detection.matching import (
     IGNORED,
     NEGATIVE,
     MultiBoxLoss,

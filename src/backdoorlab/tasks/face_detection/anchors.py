@@ -43,7 +43,7 @@ class AnchorSpec:
     a prior within a factor of ~1.4 of it (IoU >= 0.5 when centred on it), and a face
     anywhere on the canvas (aspect up to 1.3) has a prior with IoU >= 0.2, the
     matching's keep threshold, so none is dropped
-    (tests/detection/test_anchors.py checks both). Each level keeps priors of at least
+    (tests/face_detection/test_anchors.py checks both). Each level keeps priors of at least
     ~1.25 strides, so neighbouring priors of the same size overlap and every face
     centre is near one. 192 px gives 24x24, 12x12 and 6x6 cells: 1512 priors.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backdoorlab.tasks.detection.anchors import AnchorSpec, make_priors
-from backdoorlab.tasks.detection.matching import MultiBoxLoss, box_iou
-from backdoorlab.tasks.detection.postprocess import decode_detections
-from backdoorlab.tasks.detection.retinaface import FPN, SSH, MobileNetV1, ResNetBackbone, RetinaFace
+from backdoorlab.tasks.face_detection.anchors import AnchorSpec, make_priors
+from backdoorlab.tasks.face_detection.matching import MultiBoxLoss, box_iou
+from backdoorlab.tasks.face_detection.postprocess import decode_detections
+from backdoorlab.tasks.face_detection.retinaface import FPN, SSH, MobileNetV1, ResNetBackbone, RetinaFace
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet0.25", "resnet18"])
