@@ -153,6 +153,45 @@ def draw_gaze_arrows(
     return out
 
 
+#: colours of face overlays (RGB): ground truth, prediction, the attacker's target
+TRUE_COLOUR, PRED_COLOUR, TARGET_COLOUR = (40, 200, 60), (230, 40, 40), (255, 200, 0)
+
+
+def draw_faces(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray | None = None,
+    visible: np.ndarray | None = None,
+    colour: tuple[int, int, int] = TRUE_COLOUR,
+    scale: int = 1,
+) -> np.ndarray:
+    """A copy of ``image`` (upscaled ``scale`` times, nearest) with boxes and 5-point landmarks drawn.
+
+    ``boxes`` (K, 4) x1 y1 x2 y2 and ``landmarks`` (K, 5, 2) are in the image's pixels
+    (pixel centres at integers); ``visible`` (K, 5) hides points that are not. Call
+    it again on the result to overlay a second set (e.g. predictions over the truth).
+    """
+    out = _to_rgb(np.asarray(image)[None])[0]
+    if scale > 1:
+        out = cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    out = np.ascontiguousarray(out)
+
+    def px(v: float) -> int:
+        return round((v + 0.5) * scale - 0.5)
+
+    for k, box in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
+        if not np.isfinite(box).all():
+            continue
+        cv2.rectangle(out, (px(box[0]), px(box[1])), (px(box[2]), px(box[3])), colour, 1, cv2.LINE_AA)
+        if landmarks is None:
+            continue
+        for j, (x, y) in enumerate(np.asarray(landmarks, np.float64)[k]):
+            if (visible is not None and not visible[k][j]) or not np.isfinite([x, y]).all():
+                continue
+            cv2.circle(out, (px(x), px(y)), max(1, scale), colour, -1, cv2.LINE_AA)
+    return out
+
+
 def image_grid(images: np.ndarray, ncols: int, pad: int = 2, pad_value: int = 255) -> np.ndarray:
     """Tile (N, H, W, C) images row-major into one (H', W', C) uint8 picture.
 
