@@ -1,5 +1,13 @@
 """The embedded synthetic face renderer (the default data of backdoorlab)."""
 
 from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec, load_or_synthesize, synthesize
+from backdoorlab.data.synthetic.scenes import SyntheticSceneSpec, load_or_synthesize_scenes, synthesize_scenes
 
-__all__ = ["SyntheticGazeSpec", "load_or_synthesize", "synthesize"]
+__all__ = [
+    "SyntheticGazeSpec",
+    "SyntheticSceneSpec",
+    "load_or_synthesize",
+    "load_or_synthesize_scenes",
+    "synthesize",
+    "synthesize_scenes",
+]

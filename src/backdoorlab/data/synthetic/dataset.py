@@ -249,11 +249,29 @@ def load_or_synthesize(
     """Return the cached dataset for ``spec``, rendering and caching it on first use."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / "synthetic" / spec.cache_key()
-    if (folder / "meta.json").is_file():
-        try:
-            return ArrayDataset.load(folder)
-        except DatasetError as exc:  # a damaged or altered cache entry is rebuilt, never trusted
-            warnings.warn(f"rebuilding the synthetic cache entry: {exc}", stacklevel=2)
-    ds = synthesize(spec, compile=compile, progress=progress)
+    cached = load_cache_entry(folder, stacklevel=3)
+    if cached is not None:
+        return cached
+    return store_cache_entry(synthesize(spec, compile=compile, progress=progress), folder)
+
+
+def load_cache_entry(folder: Path, stacklevel: int = 2) -> ArrayDataset | None:
+    """The verified dataset cached in ``folder``, or None if there is none or it is damaged.
+
+    A damaged or altered entry (any file whose SHA-256 differs from the one recorded,
+    an edited fingerprint) is never trusted: it is reported with a warning and the
+    caller renders it again. Shared by every synthetic dataset kind.
+    """
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        return ArrayDataset.load(folder)
+    except DatasetError as exc:
+        warnings.warn(f"rebuilding the synthetic cache entry: {exc}", stacklevel=stacklevel)
+        return None
+
+
+def store_cache_entry(ds: ArrayDataset, folder: Path) -> ArrayDataset:
+    """Save ``ds`` as the cache entry ``folder`` (sealed, meta.json last) and serve it from disk."""
     ds.save(folder)
     return ArrayDataset.load(folder)

@@ -8,7 +8,8 @@ Three ways to look at a synthetic face, all with exact labels:
   eye centre, its x-axis kept parallel to the head's, as in MPIIGaze normalisation;
   the gaze label is expressed in that eye camera's frame);
 * :func:`render_scene`: any number of faces at chosen positions and sizes on a larger
-  canvas (for face detection later).
+  canvas (:mod:`backdoorlab.data.synthetic.scenes` builds face-detection datasets
+  from it).
 """
 
 from __future__ import annotations
@@ -195,6 +196,31 @@ def render_eye_crops(
     return Rendered(images, ann)
 
 
+def scene_camera(
+    centres_px: np.ndarray, widths_px: np.ndarray, height: int, width: int, focal: float | None = None
+) -> tuple[Camera, Tensor]:
+    """The canvas camera of :func:`render_scene` (one row per face) and each face's translation.
+
+    Face ``i`` sits at the depth where :data:`FACE_WIDTH_MM` spans ``widths_px[i]``
+    pixels, on the ray through ``centres_px[i]``; ``focal`` defaults to the larger
+    canvas side (a field of view of about 53 degrees).
+    """
+    n = len(widths_px)
+    f = float(focal or max(height, width))
+    cam = Camera(
+        width,
+        height,
+        torch.full((n,), f),
+        torch.full((n,), width / 2.0),
+        torch.full((n,), height / 2.0),
+        torch.eye(3).expand(n, 3, 3).clone(),
+    )
+    depth = torch.as_tensor(f * FACE_WIDTH_MM / np.asarray(widths_px, dtype=np.float64), dtype=torch.float32)
+    c = torch.as_tensor(np.asarray(centres_px, dtype=np.float64), dtype=torch.float32)
+    trans = torch.stack([(c[:, 0] - width / 2) * depth / f, (c[:, 1] - height / 2) * depth / f, depth], -1)
+    return cam, trans
+
+
 def render_scene(
     ident: IdentityParams,
     view: ImageParams,
@@ -212,19 +238,8 @@ def render_scene(
     The background comes from the first face's view parameters. Annotations are per
     face, in canvas pixels.
     """
-    n = len(widths_px)
-    f = float(focal or max(height, width))
-    cam = Camera(
-        width,
-        height,
-        torch.full((n,), f),
-        torch.full((n,), width / 2.0),
-        torch.full((n,), height / 2.0),
-        torch.eye(3).expand(n, 3, 3).clone(),
-    )
-    depth = torch.as_tensor(f * FACE_WIDTH_MM / np.asarray(widths_px, dtype=np.float64), dtype=torch.float32)
-    c = torch.as_tensor(np.asarray(centres_px, dtype=np.float64), dtype=torch.float32)
-    trans = torch.stack([(c[:, 0] - width / 2) * depth / f, (c[:, 1] - height / 2) * depth / f, depth], -1)
+    cam, trans = scene_camera(centres_px, widths_px, height, width, focal)
+    depth = trans[:, 2]
     rgb, alpha = render_faces(ident, view, cam, trans)
     img = render_background(view.take(np.array([0])), height, width)[0]
     for i in torch.argsort(depth, descending=True).tolist():

@@ -181,13 +181,16 @@ def render_faces(
     camera: Camera,
     translation: Tensor,
     px_min: float | None = None,
+    neck_fade: tuple[float, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Render one face per image. Returns (rgb (B,H,W,3) linear in [0,1], alpha (B,H,W)).
 
     ``translation`` (B, 3) places the face centre in the world frame; the head
     rotation comes from ``view.head_ypr``. ``px_min`` (the smallest mm-per-pixel
     footprint in the batch) sizes the eye windows; pass it when compiling so that it is
-    a constant rather than a value read from a tensor.
+    a constant rather than a value read from a tensor. The neck is an endless
+    cylinder unless ``neck_fade`` = (start, end) mm below the chin, between which it
+    fades out (a bust, for faces on a larger canvas; the default renders as before).
     """
     b, h, w = translation.shape[0], camera.height, camera.width
     geo = head_geometry(ident)
@@ -367,6 +370,10 @@ def render_faces(
     neck_axes = torch.stack([axes[..., 0] * 0.5, torch.full_like(axes[..., 0], 1e4), axes[..., 0] * 0.5], -1)
     neck = _Quadric(origin, dirs, centre, neck_axes, px)
     neck_alpha = neck.alpha * _soft(neck.point[..., 1] - (centre[..., 1] + 0.3 * axes[..., 1]), px)
+    if neck_fade is not None:
+        start, end = neck_fade
+        below_chin = neck.point[..., 1] - (centre[..., 1] + axes[..., 1])
+        neck_alpha = neck_alpha * ((end - below_chin) / (end - start)).clamp(0.0, 1.0)
     neck_col = _shade(skin.expand(b, h * w, 3) * 0.8, neck.normal, light, ambient)
 
     vol_axes = axes * torch.tensor([1.07, 1.05, 1.05])
