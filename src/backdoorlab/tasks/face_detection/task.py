@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from tqdm import tqdm
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.synthetic.scenes import SyntheticSceneSpec, load_or_synthesize_scenes
@@ -146,7 +147,13 @@ class FaceDetectionTask(Task):
         for name in ("train", "test"):
             if name not in spec.splits:
                 raise ConfigError(f"data.synthetic.splits needs a '{name}' split (it has {sorted(spec.splits)})")
-        parts = load_or_synthesize_scenes(spec, cache_dir=cache_dir, splits=["train", "test"])
+        with tqdm(desc="render scenes", unit="scene", leave=False) as bar:
+
+            def progress(done: int, total: int) -> None:  # rendering the default scenes takes minutes
+                bar.total = total
+                bar.update(done - bar.n)
+
+            parts = load_or_synthesize_scenes(spec, cache_dir=cache_dir, splits=["train", "test"], progress=progress)
         tagged = []
         for name, ds in parts.items():
             code = np.full(len(ds), SPLIT_CODES[name], np.int64)
