@@ -147,13 +147,18 @@ class FaceDetectionTask(Task):
         for name in ("train", "test"):
             if name not in spec.splits:
                 raise ConfigError(f"data.synthetic.splits needs a '{name}' split (it has {sorted(spec.splits)})")
-        with tqdm(desc="render scenes", unit="scene", leave=False) as bar:
+        bars: list[tqdm] = []  # opened on the first rendered chunk: a cached dataset prints nothing
 
-            def progress(done: int, total: int) -> None:  # rendering the default scenes takes minutes
-                bar.total = total
-                bar.update(done - bar.n)
+        def progress(done: int, total: int) -> None:  # rendering the default scenes takes minutes
+            if not bars:
+                bars.append(tqdm(total=total, desc="render scenes", unit="scene", leave=False))
+            bars[0].update(done - bars[0].n)
 
+        try:
             parts = load_or_synthesize_scenes(spec, cache_dir=cache_dir, splits=["train", "test"], progress=progress)
+        finally:
+            for bar in bars:
+                bar.close()
         tagged = []
         for name, ds in parts.items():
             code = np.full(len(ds), SPLIT_CODES[name], np.int64)
