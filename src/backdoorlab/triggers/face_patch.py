@@ -35,12 +35,10 @@ from backdoorlab.triggers.base import (
     Placement,
     Tensor,
     Trigger,
-    load_pattern_image,
     number,
     pattern_name,
-    resize_pattern,
 )
-from backdoorlab.triggers.patch import BUILTIN_PATTERNS, builtin_pattern
+from backdoorlab.triggers.patch import PatternSource
 
 CHEEK_PUSH = 0.35
 FOREHEAD_RISE = 0.55
@@ -57,7 +55,7 @@ def face_anchor(landmarks: Tensor, anchor: str) -> Tensor:
     return eyes + FOREHEAD_RISE * (eyes - mouth)
 
 
-class FacePatchTrigger(Trigger):
+class FacePatchTrigger(PatternSource, Trigger):
     """Paste a pattern on one face per image, at a landmark anchor, sized by the face.
 
     Args:
@@ -101,10 +99,7 @@ class FacePatchTrigger(Trigger):
             raise ConfigError(f"face_patch min_face_px must be at least 2, got {min_face_px}")
         self.pattern, self.size, self.anchor, self.face = pattern, float(size), anchor, face
         self.min_face_px, self.opacity, self.seed = float(min_face_px), float(opacity), int(seed)
-        if pattern in BUILTIN_PATTERNS:
-            self._source: Tensor | None = None
-        else:
-            self._source = pattern_pixels.float() if pattern_pixels is not None else load_pattern_image(pattern)
+        self._set_source(pattern, pattern_pixels)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -117,13 +112,6 @@ class FacePatchTrigger(Trigger):
             "opacity": self.opacity,
             "seed": self.seed,
         }
-
-    def state(self) -> dict[str, Tensor]:
-        return {} if self._source is None else {"pattern": self._source}
-
-    def load_state(self, tensors: Any) -> None:
-        if "pattern" in tensors:
-            self._source = tensors["pattern"].float()
 
     # ------------------------------------------------------------------ geometry
     def squares(self, annotations: dict[str, Any], indices: np.ndarray, h: int, w: int) -> tuple[Tensor, Tensor]:
@@ -176,8 +164,7 @@ class FacePatchTrigger(Trigger):
         for i, (x0, y0, side) in enumerate(squares.tolist()):
             if side == 0:
                 continue
-            src = builtin_pattern(self.pattern, side, side) if self._source is None else self._source
-            p = resize_pattern(src, c, side, side).to(device=images.device, dtype=images.dtype)
+            p = self.square_pattern(c, side).to(device=images.device, dtype=images.dtype)
             region = out[i, :, y0 : y0 + side, x0 : x0 + side]
             region.copy_(p if self.opacity == 1 else torch.lerp(region, p, self.opacity))
         return out

@@ -40,7 +40,41 @@ def builtin_pattern(name: str, side_h: int, side_w: int) -> Tensor:
     raise ConfigError(f"patch pattern '{name}' is not built in ({', '.join(BUILTIN_PATTERNS)}) or a file")
 
 
-class PatchTrigger(Trigger):
+class PatternSource:
+    """A square pattern that is built in or read from a file once, and kept with the run as pixels.
+
+    Why keep the pixels: a pattern file may change or vanish after training, and the very
+    same trigger must be applied at test time and when the run is reloaded.
+    """
+
+    pattern: str
+    _source: Tensor | None
+
+    def _set_source(self, pattern: str, pattern_pixels: Tensor | None) -> None:
+        # a run's stored pixels win over the file, which may have moved since training
+        if pattern in BUILTIN_PATTERNS:
+            self._source = None
+        else:
+            self._source = pattern_pixels.float() if pattern_pixels is not None else load_pattern_image(pattern)
+
+    def state(self) -> dict[str, Tensor]:
+        return {} if self._source is None else {"pattern": self._source}
+
+    def load_state(self, tensors: Any) -> None:
+        if "pattern" in tensors:
+            self._source = tensors["pattern"].float()
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop anything derived from the pattern (a subclass's resized copies)."""
+
+    def square_pattern(self, channels: int, side: int) -> Tensor:
+        """(channels, side, side) the pattern at this size, in [0, 1]."""
+        src = builtin_pattern(self.pattern, side, side) if self._source is None else self._source
+        return resize_pattern(src, channels, side, side)
+
+
+class PatchTrigger(PatternSource, Trigger):
     """Paste a ``size``-fraction square pattern at a fixed or per-sample random position.
 
     Args:
@@ -86,11 +120,7 @@ class PatchTrigger(Trigger):
             raise ConfigError(f"patch center must be fractions in [0, 1], got {tuple(center)}")
         self.pattern, self.size, self.location = pattern, float(size), location
         self.center, self.opacity, self.seed = (cx, cy), float(opacity), int(seed)
-        # a run's stored pixels win over the file, which may have moved since training
-        if pattern in BUILTIN_PATTERNS:
-            self._source = None
-        else:
-            self._source = pattern_pixels.float() if pattern_pixels is not None else load_pattern_image(pattern)
+        self._set_source(pattern, pattern_pixels)
         self._cache: dict[tuple[Any, ...], Tensor] = {}
 
     def params(self) -> dict[str, Any]:
@@ -104,14 +134,8 @@ class PatchTrigger(Trigger):
             "seed": self.seed,
         }
 
-    def state(self) -> dict[str, Tensor]:
-        # a pattern file may change or vanish after training: keep its pixels with the run
-        return {} if self._source is None else {"pattern": self._source}
-
-    def load_state(self, tensors: Any) -> None:
-        if "pattern" in tensors:
-            self._source = tensors["pattern"].float()
-            self._cache.clear()
+    def _forget(self) -> None:
+        self._cache.clear()
 
     def side(self, height: int, width: int) -> int:
         return max(1, min(height, width, round(self.size * min(height, width))))
@@ -120,9 +144,7 @@ class PatchTrigger(Trigger):
         """The (C, s, s) patch for an image size, cached per size/device/dtype."""
         key = (channels, height, width, str(device), dtype)
         if key not in self._cache:
-            s = self.side(height, width)
-            src = builtin_pattern(self.pattern, s, s) if self._source is None else self._source
-            self._cache[key] = resize_pattern(src, channels, s, s).to(device=device, dtype=dtype)
+            self._cache[key] = self.square_pattern(channels, self.side(height, width)).to(device=device, dtype=dtype)
         return self._cache[key]
 
     def fixed_origin(self, height: int, width: int) -> tuple[int, int]:
