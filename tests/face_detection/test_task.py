@@ -142,3 +142,14 @@ def test_an_lsa_on_data_without_landmarks_and_a_trigger_larger_than_the_canvas_a
     assert not list((tmp_path / "runs").glob("*/model.safetensors"))
     with pytest.raises(ConfigError, match="size must be in"):
         validate_config(config(scene_cache, attack={**FGA, "trigger": {**FGA["trigger"], "size": 1.5}}))
+
+
+def test_eval_of_an_attacked_run_scores_its_backdoor_again(tmp_path: Path, scene_cache: Path) -> None:
+    """``backdoorlab eval`` on an attacked face-detection run: the trigger finds the instances it reads."""
+    from helpers_experiments import invoke
+    from typer.testing import CliRunner
+
+    out = execute(validate_config(config(scene_cache, attack=LSA)), tmp_path / "runs", progress=False)
+    result = invoke(CliRunner(), "eval", out.run_dir)
+    assert result.exit_code == 0, result.output
+    assert "attack_success_rate" in result.output

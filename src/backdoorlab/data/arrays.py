@@ -177,9 +177,13 @@ class ArrayDataset:
             instances=None if self.instances is None else self.instances.concat(other.instances),  # type: ignore[arg-type]
         )
 
+    def batch_keys(self) -> list[str]:
+        """The annotation keys a batch of this dataset carries (dense columns, and ``instances``)."""
+        return [*self.annotations, *([INSTANCES_KEY] if self.instances is not None else [])]
+
     def require(self, *keys: str) -> None:
         """Raise a clear error if an annotation the caller needs is absent (``"instances"`` included)."""
-        have = set(self.annotations) | ({INSTANCES_KEY} if self.instances is not None else set())
+        have = set(self.batch_keys())
         missing = [k for k in keys if k not in have]
         if missing:
             name = self.meta.get("name", "dataset")

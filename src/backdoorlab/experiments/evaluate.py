@@ -109,7 +109,7 @@ def evaluate_run(
     if "input_shape" in card:
         ds = adapt_images(ds, tuple(card["input_shape"]))  # type: ignore[arg-type]
     if chosen is not None:  # before any work: the trigger may need landmarks this data lacks
-        chosen[1].check_annotations(ds.annotations.keys(), f"--data {data}")
+        chosen[1].check_annotations(ds.batch_keys(), f"--data {data}")
     metrics, _ = evaluate_model(model, ds, task, device=device)
     metrics["data"] = data
     if chosen is not None:

@@ -38,7 +38,7 @@ import torch
 import backdoorlab
 from backdoorlab.attacks.adaptive import FeatureSignaturePenalty, angle_variance_ratio
 from backdoorlab.attacks.poisoning import write_attack_record
-from backdoorlab.data.arrays import INSTANCES_KEY, ArrayDataset
+from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.masking import EyeMask
 from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed, RunInterrupted
 from backdoorlab.experiments.attack import attack_settings, build_poisoning, evaluate_attack
@@ -267,11 +267,6 @@ def _settings(cfg: RunConfig, progress: bool) -> TrainSettings:
     )
 
 
-def _annotation_keys(data: ArrayDataset) -> list[str]:
-    """The keys a batch of ``data`` carries (dense columns, and ``instances`` when it has them)."""
-    return [*data.annotations, *([INSTANCES_KEY] if data.instances is not None else [])]
-
-
 def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str, Any]:
     task: Task = TASKS.get(cfg.task)()
     device = pick_device(cfg.device)
@@ -288,7 +283,7 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     adaptive = cfg.attack.adaptive if cfg.attack is not None else None
     if cfg.attack is not None:
         poisoning = build_poisoning(cfg.attack)
-        poisoning.trigger.check_annotations(_annotation_keys(train_ds), "the training data")
+        poisoning.trigger.check_annotations(train_ds.batch_keys(), "the training data")
         poisoning.relabel.check_data(train_ds)
         plan = poisoning.plan(train_ds)
         train_ds = poisoning.training_data(train_ds, plan)
