@@ -19,6 +19,9 @@ from backdoorlab.layout import SRC, TASK_PACKAGES, imports, layer_of, module_nam
 TASK_SPECIFIC = {
     "experiments.demo": "the demo is the gaze walkthrough (make demo); not yet moved under tasks/gaze",
     "defenses.securegaze": "SecureGaze is a defence for gaze regression (it declares Needs(tasks=('gaze',)))",
+    "defenses.landmark_shift_reversal": (
+        "the LSA reversal reads a face detector's priors and landmarks (it declares Needs(tasks=('face_detection',)))"
+    ),
 }
 GENERIC_FILES = [
     "training.py", "registry.py", "batches.py", "cli.py", "tasks/base.py", "attacks/relabel.py",

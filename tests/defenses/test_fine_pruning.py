@@ -129,8 +129,12 @@ def test_mitigators_refuse_small_unlabelled_or_unsplit_input(cls, who) -> None:
     unlabelled = type(ds)(ds.images, {k: v for k, v in ds.annotations.items() if k != "gaze"})
     with pytest.raises(DatasetError, match="gaze"):
         cls(device="cpu", task="gaze").repair(small_untrained(), unlabelled)
-    with pytest.raises(BackdoorLabError, match=f"{who}: Sequential has no features"):
-        cls(device="cpu", task="gaze").repair(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)), ds)
+    unsplit = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+    if cls is FinePruning:  # it prunes the features' units, so it needs them
+        with pytest.raises(BackdoorLabError, match=f"{who}: Sequential has no features"):
+            cls(device="cpu", task="gaze").repair(unsplit, ds)
+    else:  # fine-tuning trains the whole model with the task's loss: any architecture will do
+        cls(SHORT, device="cpu", task="gaze").repair(unsplit, ds)
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, float("nan")])
@@ -148,3 +152,59 @@ def test_nothing_pruned_at_ratio_zero_is_plain_fine_tuning() -> None:
     x, _ = clean_split(8).batch(np.arange(8))
     with torch.no_grad():
         assert torch.allclose(a(x), b(x), atol=1e-5)
+
+
+class _TwoMaps(nn.Module):
+    """A model whose features are two conv maps, each read by its own 1x1 convolutions (a detector's layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(6, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.a = nn.ModuleList([nn.Conv2d(6, 2, 1), nn.Conv2d(4, 2, 1)])
+        self.b = nn.ModuleList([nn.Conv2d(6, 3, 1), nn.Conv2d(4, 3, 1)])
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.body(x)
+        return [f, self.down(f)]
+
+    def heads(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            "a": torch.cat([m(f).flatten(1) for m, f in zip(self.a, feats, strict=True)], 1),
+            "b": torch.cat([m(f).flatten(1) for m, f in zip(self.b, feats, strict=True)], 1),
+        }
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.features(x))
+
+
+def test_feature_maps_are_pruned_per_map_in_every_conv_that_reads_them() -> None:
+    from backdoorlab.defenses.fine_pruning import MaskedConv2d, feature_readers, mean_channel_activation
+
+    torch.manual_seed(0)
+    model = _TwoMaps()
+    x, _ = clean_split(4).batch(np.arange(4))
+    assert feature_readers(model, x) == [["a.0", "b.0"], ["a.1", "b.1"]]
+    acts = mean_channel_activation(model, clean_split(8), batch_size=3)
+    assert [len(a) for a in acts] == [6, 4]
+    with torch.no_grad():
+        direct = model.features(x)[1].mean((0, 2, 3)).numpy()
+    np.testing.assert_allclose(mean_channel_activation(model, clean_split(4))[1], direct, rtol=1e-5)
+    conv = nn.Conv2d(4, 2, 1)
+    mask = torch.ones_like(conv.weight)
+    mask[:, [1]] = 0
+    masked = MaskedConv2d(conv, mask)
+    masked(torch.randn(1, 4, 3, 3)).sum().backward()
+    assert torch.all(masked.weight.grad[:, 1] == 0) and type(masked.to_conv()) is nn.Conv2d
+
+
+def test_a_model_whose_output_is_not_its_heads_of_its_features_is_refused() -> None:
+    from backdoorlab.defenses.fine_pruning import feature_readers
+
+    class Skewed(_TwoMaps):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {k: v + 1 for k, v in self.heads(self.features(x)).items()}
+
+    x, _ = clean_split(2).batch(np.arange(2))
+    with pytest.raises(BackdoorLabError, match="differs from its head"):
+        feature_readers(Skewed(), x)

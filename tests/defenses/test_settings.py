@@ -22,16 +22,20 @@ def test_every_registered_defence_conforms(method: str) -> None:
 
 
 def test_the_registry_holds_the_built_in_methods_by_shape() -> None:
-    assert {"securegaze", "neural_cleanse", "fine_tuning", "fine_pruning"} <= set(DEFENCES.names())
+    assert {"securegaze", "neural_cleanse", "fine_tuning", "fine_pruning", "lsa_reversal", "flicker"} <= set(
+        DEFENCES.names()
+    )
     assert DEFENCES.get("securegaze").classes == {"detection": SecureGaze, "mitigation": SecureGazeUnlearning}
 
 
 def test_an_unknown_method_lists_the_registered_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"^unknown detection method 'strip'; registered: neural_cleanse, securegaze$"
+        ConfigError, match=r"^unknown detection method 'strip'; registered: lsa_reversal, neural_cleanse, securegaze$"
     ):
         build_detector("strip")
-    with pytest.raises(ConfigError, match=r"'fine_tuning' offers mitigation\); registered: neural_cleanse, securegaze"):
+    with pytest.raises(
+        ConfigError, match=r"'fine_tuning' offers mitigation\); registered: lsa_reversal, neural_cleanse, securegaze"
+    ):
         build_detector("fine_tuning")
     with pytest.raises(ConfigError, match=r"unknown mitigation method 'neural_cleanse' .*fine_pruning, fine_tuning"):
         build_mitigator("neural_cleanse")

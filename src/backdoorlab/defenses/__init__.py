@@ -13,8 +13,10 @@ from backdoorlab.defenses.base import (
     RuntimeMonitor,
     Verdict,
 )
+from backdoorlab.defenses.face_monitors.flicker import FlickerMonitor
 from backdoorlab.defenses.fine_pruning import FinePruning
 from backdoorlab.defenses.fine_tuning import FineTuning
+from backdoorlab.defenses.landmark_shift_reversal import LandmarkShiftReversal
 from backdoorlab.defenses.neural_cleanse import NeuralCleanse
 from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
 from backdoorlab.defenses.settings import DefenceConfig
@@ -25,6 +27,8 @@ __all__ = [
     "Detector",
     "FinePruning",
     "FineTuning",
+    "FlickerMonitor",
+    "LandmarkShiftReversal",
     "Mitigator",
     "Needs",
     "NeuralCleanse",

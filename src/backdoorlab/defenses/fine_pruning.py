@@ -1,4 +1,4 @@
-"""Fine-pruning (Liu et al., RAID 2018), adapted to the features/head contract of backdoorlab models.
+"""Fine-pruning (Liu et al., RAID 2018), adapted to the features/head split of backdoorlab models.
 
 Liu et al. observed that a backdoor often lives in units the clean data leaves dormant:
 the trigger switches them on, clean inputs do not. Pruning the units least active on
@@ -7,22 +7,30 @@ fine-tuning that follows repairs the clean task and erodes what is left of it.
 
 Adaptation: the original prunes channels of the last convolutional layer. Which layer
 that is cannot be found generically in an arbitrary ``nn.Module``, but every model here
-exposes its penultimate representation ``features(x) -> (B, d)`` and a linear ``head``;
-those d units are pruned instead. Pruning unit j means that it no longer reaches the
-output: column j of ``head.weight`` is zeroed.
+exposes the representation its output layers read, ``features(x)``: either one
+(B, d) vector per image read by a linear ``head`` (the gaze models), or a list of
+feature maps (B, C, H, W) read by per-map output layers called through ``heads(feats)``
+(an anchor-based detector's class, box and landmark convolutions). The *readers* of
+each feature tensor are found by running ``heads`` (or ``head``) once with forward
+pre-hooks: every ``nn.Linear`` or ungrouped ``nn.Conv2d`` whose input *is* that tensor.
+The units are the channels of the feature tensors; pruning unit j of a tensor means that
+it no longer reaches the output: input channel j of every reader of that tensor is
+zeroed. With several feature maps, each map loses ``prune_ratio`` of its own channels
+(activation scales differ between maps, so one global ranking would empty one map).
 
-Keeping the pruned units pruned during fine-tuning: for the fine-tuning the head is
-replaced by a :class:`MaskedLinear` (an ``nn.Linear`` subclass, so the contract still holds)
-that computes ``x @ (weight * mask).T + bias``. The gradient of a pruned entry is then
-exactly zero, so neither the optimiser's momentum nor weight decay can regrow it (the
-entries are zeroed first, and Adam's update of a zero with a zero gradient is zero).
-Afterwards the head becomes a plain ``nn.Linear`` holding ``weight * mask``: the repaired
-model has exactly-zero columns and the same ``state_dict`` keys as the original (the mask
-is a non-persistent buffer), so it saves and loads like any model of its class.
-Why not zero once and fine-tune unmasked: the gradient would regrow the columns. Why not
-a forward hook or :mod:`torch.nn.utils.prune`: ``fine_tune`` deep-copies the model, and
-pruning's re-parametrised weight is not a graph leaf, which ``deepcopy`` refuses; a plain
-submodule with a buffer copies and moves between devices like every other parameter.
+Keeping the pruned units pruned during fine-tuning: for the fine-tuning each reader is
+replaced by a :class:`MaskedLinear` or :class:`MaskedConv2d` (subclasses of the layer
+they replace) that multiplies its weight by a fixed 0/1 mask. The gradient of a pruned
+entry is then exactly zero, so neither the optimiser's momentum nor weight decay can
+regrow it (the entries are zeroed first, and Adam's update of a zero with a zero gradient
+is zero). Afterwards each reader becomes a plain layer holding ``weight * mask``: the
+repaired model has exactly-zero input channels and the same ``state_dict`` keys as the
+original (the mask is a non-persistent buffer), so it saves and loads like any model of
+its class. Why not zero once and fine-tune unmasked: the gradient would regrow the
+columns. Why not a forward hook or :mod:`torch.nn.utils.prune`: ``fine_tune``
+deep-copies the model, and pruning's re-parametrised weight is not a graph leaf, which
+``deepcopy`` refuses; a plain submodule with a buffer copies and moves between devices
+like every other parameter.
 """
 
 from __future__ import annotations
@@ -38,11 +46,12 @@ from pydantic import Field
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.defenses._inputs import model_device
 from backdoorlab.defenses.base import Mitigator, Needs, resolve_task
 from backdoorlab.defenses.registration import register_defence
 from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.defenses.tuning import FineTuneSettings, fine_tune
-from backdoorlab.errors import BackdoorLabError, ConfigError
+from backdoorlab.errors import BackdoorLabError, ConfigError, ModelContractError
 from backdoorlab.training import pick_device
 
 if TYPE_CHECKING:
@@ -83,24 +92,156 @@ class MaskedLinear(nn.Linear):
         return out
 
 
-def mean_feature_activation(
+class MaskedConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` whose weight is multiplied by a fixed 0/1 mask: masked entries get no gradient."""
+
+    mask: torch.Tensor
+
+    def __init__(self, conv: nn.Conv2d, mask: torch.Tensor) -> None:
+        super().__init__(**_conv_args(conv))
+        with torch.no_grad():
+            self.weight.copy_(conv.weight * mask)
+            if conv.bias is not None:
+                self.bias.copy_(conv.bias)
+        self.register_buffer("mask", mask.to(conv.weight), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+    def to_conv(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the masked weight baked in (masked entries exactly zero)."""
+        out = nn.Conv2d(**_conv_args(self))
+        with torch.no_grad():
+            out.weight.copy_(self.weight * self.mask)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
+
+
+def _conv_args(conv: nn.Conv2d) -> dict[str, Any]:
+    return {
+        "in_channels": conv.in_channels, "out_channels": conv.out_channels, "kernel_size": conv.kernel_size,
+        "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups,
+        "bias": conv.bias is not None, "padding_mode": conv.padding_mode, "device": conv.weight.device,
+        "dtype": conv.weight.dtype,
+    }  # fmt: skip
+
+
+def feature_list(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """``model.features(x)`` as a list of tensors (one for a (B, d) representation)."""
+    feats = model.features(x)  # type: ignore[operator]
+    return [feats] if isinstance(feats, torch.Tensor) else list(feats)
+
+
+def feature_readers(model: nn.Module, example: torch.Tensor) -> list[list[str]]:
+    """Per feature tensor of ``model.features(example)``: the names of the layers that read it directly.
+
+    Runs ``model.heads(feats)`` (or ``model.head(feats)``) once, with a forward pre-hook
+    on every ``nn.Linear`` and ``nn.Conv2d``. Raises :class:`ModelContractError` when the
+    model has no ``features`` method or no ``heads``/``head``, when a feature tensor is read
+    by no such layer or by a grouped convolution, or when ``model(x)`` is not
+    ``heads(features(x))`` (the pruning would then not reach the output).
+    """
+    name = type(model).__name__
+    if not callable(getattr(model, "features", None)):
+        raise ModelContractError(f"{name} has no features(x) method; fine-pruning prunes the features' units")
+    head = getattr(model, "heads", None) if callable(getattr(model, "heads", None)) else getattr(model, "head", None)
+    if not callable(head):
+        raise ModelContractError(f"{name} has neither heads(features) nor a head module reading its features")
+    was_training = model.training
+    model.eval()
+    hooks = []
+    try:
+        with torch.no_grad():
+            feats = model.features(example)  # type: ignore[operator]
+            levels = [feats] if isinstance(feats, torch.Tensor) else list(feats)
+            readers: list[list[str]] = [[] for _ in levels]
+            for mod_name, mod in model.named_modules():
+                if isinstance(mod, nn.Linear | nn.Conv2d):
+
+                    def seen(m: nn.Module, args: tuple[Any, ...], mod_name: str = mod_name) -> None:
+                        for i, f in enumerate(levels):
+                            if args and args[0] is f and mod_name not in readers[i]:
+                                readers[i].append(mod_name)
+
+                    hooks.append(mod.register_forward_pre_hook(seen))
+            out = head(feats)
+            for h in hooks:
+                h.remove()
+            hooks = []
+            whole = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not _same_outputs(whole, out):
+        raise ModelContractError(f"{name}(x) differs from its head(s) applied to {name}.features(x)")
+    for i, (f, names) in enumerate(zip(levels, readers, strict=True)):
+        if not names:
+            raise ModelContractError(f"{name}: feature tensor {i} {tuple(f.shape)} is read by no Linear or Conv2d")
+        for n in names:
+            m = model.get_submodule(n)
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                raise ModelContractError(f"{name}: feature tensor {i} is read by a grouped convolution ({n})")
+    return readers
+
+
+def _same_outputs(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_outputs(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_outputs(x, y) for x, y in zip(a, b, strict=True))
+    return False
+
+
+def check_prunable(model: nn.Module, data: ArrayDataset, who: str) -> list[list[str]]:
+    """:func:`feature_readers` on two clean images, with errors naming ``who``."""
+    example, _ = data.batch(np.arange(min(len(data), 2)))
+    try:
+        return feature_readers(model, example.to(model_device(model)))
+    except ModelContractError as exc:
+        raise ModelContractError(f"{who}: {exc}") from exc
+    except RuntimeError as exc:
+        raise BackdoorLabError(
+            f"{who}: the model cannot run on the clean images of shape {tuple(example.shape[1:])}: {exc}"
+        ) from exc
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def mean_channel_activation(
     model: nn.Module, data: ArrayDataset, batch_size: int = 64, device: str | torch.device = "cpu"
-) -> np.ndarray:
-    """(d,) mean of ``model.features(x)`` over ``data``, in eval mode (float64, on the CPU)."""
+) -> list[np.ndarray]:
+    """Per feature tensor: the (C,) mean of each channel over ``data`` (images and positions), in eval mode."""
     dev = torch.device(device)
-    total: torch.Tensor | None = None
+    totals: list[torch.Tensor] | None = None
+    count = 0
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for images, _ in data.iter_batches(batch_size):
-                f = model.features(images.to(dev)).double().sum(0)  # type: ignore[operator]
-                total = f if total is None else total + f
+                levels = feature_list(model, images.to(dev))
+                sums = [f.double().transpose(0, 1).reshape(f.shape[1], -1).mean(1) * len(f) for f in levels]
+                totals = sums if totals is None else [t + s for t, s in zip(totals, sums, strict=True)]
+                count += len(images)
     finally:
         model.train(was_training)
-    if total is None:
+    if totals is None:
         raise BackdoorLabError("cannot measure feature activations on an empty clean set")
-    return (total / len(data)).cpu().numpy()
+    return [(t / count).cpu().numpy() for t in totals]
+
+
+def mean_feature_activation(
+    model: nn.Module, data: ArrayDataset, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """(d,) mean activation of every feature unit over ``data`` (the channels of all feature tensors, in order)."""
+    return np.concatenate(mean_channel_activation(model, data, batch_size, device))
 
 
 def least_active_units(mean_activation: np.ndarray, prune_ratio: float) -> np.ndarray:
@@ -146,7 +287,7 @@ class FinePruning(Mitigator):
     """
 
     name = "fine_pruning"
-    needs = Needs(clean_data=True, labels=True, feature_head=True)
+    needs = Needs(clean_data=True, labels=True)  # and a prunable features/head(s) split (check_prunable)
 
     def __init__(
         self,
@@ -177,25 +318,42 @@ class FinePruning(Mitigator):
             "device": self.device,
         }
 
+    def check_needs(self, **given: Any) -> None:
+        """The declared needs, then (given a model and clean data) the prunable split, before any work."""
+        super().check_needs(**given)
+        if given.get("model") is not None and given.get("clean_data") is not None:
+            check_prunable(given["model"], given["clean_data"], type(self).__name__)
+
     def repair(self, model: nn.Module, clean_data: ArrayDataset) -> nn.Module:
         task = self.require_task()
         self.check_needs(model=model, clean_data=clean_data, task=task)
         t0 = time.perf_counter()
+        readers = check_prunable(model, clean_data, type(self).__name__)
         pruned = copy.deepcopy(model)  # the caller's model is never re-parametrised
         dev = pick_device(self.device)
         pruned.to(dev)
-        activation = mean_feature_activation(pruned, clean_data, self.batch_size, dev)
-        units = least_active_units(activation, self.prune_ratio)
-        head: nn.Linear = pruned.head  # type: ignore[assignment]
-        mask = torch.ones_like(head.weight)
-        mask[:, torch.from_numpy(units).to(mask.device)] = 0
-        pruned.head = MaskedLinear(head, mask)
+        per_level = mean_channel_activation(pruned, clean_data, self.batch_size, dev)
+        chosen = [least_active_units(a, self.prune_ratio) for a in per_level]
+        offsets = np.cumsum([0, *[len(a) for a in per_level]])
+        units = np.concatenate([c + o for c, o in zip(chosen, offsets, strict=False)]).astype(np.int64)
+        activation = np.concatenate(per_level)
+        for names, cut in zip(readers, chosen, strict=True):
+            for name in names:
+                layer = pruned.get_submodule(name)
+                mask = torch.ones_like(layer.weight)
+                mask[:, torch.from_numpy(cut).to(mask.device)] = 0  # input channel (column) j of the reader
+                masked = MaskedLinear(layer, mask) if isinstance(layer, nn.Linear) else MaskedConv2d(layer, mask)
+                _replace(pruned, name, masked)
         tuned = fine_tune(pruned, task, clean_data, self.settings, device=self.device)
-        tuned.head = tuned.head.to_linear()  # type: ignore[operator]
+        for names in readers:
+            for name in names:
+                layer = tuned.get_submodule(name)
+                _replace(tuned, name, layer.to_linear() if isinstance(layer, MaskedLinear) else layer.to_conv())  # type: ignore[operator]
         setattr(tuned, PRUNED_ATTR, units.tolist())
         self.last_report = {
             "pruned_units": units.tolist(),
             "n_units": len(activation),
+            "units_per_feature": [len(a) for a in per_level],
             # units with a zero mean activation on the clean set (dead ReLUs): pruning them changes nothing
             "n_dormant": int(np.sum(activation <= 0)),
             "n_live_pruned": int(np.sum(activation[units] > 0)),

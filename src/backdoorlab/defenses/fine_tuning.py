@@ -47,7 +47,8 @@ class FineTuning(Mitigator):
     """
 
     name = "fine_tuning"
-    needs = Needs(clean_data=True, labels=True, feature_head=True)
+    # it only trains the whole model with the task's loss: any architecture will do (no features/head split)
+    needs = Needs(clean_data=True, labels=True)
 
     def __init__(
         self,
