@@ -19,6 +19,10 @@ from backdoorlab.layout import SRC, TASK_PACKAGES, imports, layer_of, module_nam
 TASK_SPECIFIC = {
     "experiments.demo": "the demo is the gaze walkthrough (make demo); not yet moved under tasks/gaze",
     "defenses.securegaze": "SecureGaze is a defence for gaze regression (it declares Needs(tasks=('gaze',)))",
+    "defenses.face_monitors.common": (
+        "the face-detection run-time monitors run a face detector's predictions (they declare "
+        "Needs(tasks=('face_detection',)))"
+    ),
 }
 GENERIC_FILES = [
     "training.py", "registry.py", "batches.py", "cli.py", "tasks/base.py", "attacks/relabel.py",

@@ -13,6 +13,7 @@ from backdoorlab.defenses.base import (
     RuntimeMonitor,
     Verdict,
 )
+from backdoorlab.defenses.face_monitors import AuxLandmarkerMonitor, GeometryMonitor, TransformMonitor
 from backdoorlab.defenses.fine_pruning import FinePruning
 from backdoorlab.defenses.fine_tuning import FineTuning
 from backdoorlab.defenses.neural_cleanse import NeuralCleanse
@@ -20,11 +21,13 @@ from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
 from backdoorlab.defenses.settings import DefenceConfig
 
 __all__ = [
+    "AuxLandmarkerMonitor",
     "Defence",
     "DefenceConfig",
     "Detector",
     "FinePruning",
     "FineTuning",
+    "GeometryMonitor",
     "Mitigator",
     "Needs",
     "NeuralCleanse",
@@ -32,5 +35,6 @@ __all__ = [
     "RuntimeMonitor",
     "SecureGaze",
     "SecureGazeUnlearning",
+    "TransformMonitor",
     "Verdict",
 ]
