@@ -22,6 +22,10 @@ TASK_SPECIFIC = {
     "defenses.landmark_shift_reversal": (
         "the LSA reversal reads a face detector's priors and landmarks (it declares Needs(tasks=('face_detection',)))"
     ),
+    "defenses.face_monitors.common": (
+        "the face-detection run-time monitors run a face detector's predictions (they declare "
+        "Needs(tasks=('face_detection',)))"
+    ),
 }
 GENERIC_FILES = [
     "training.py", "registry.py", "batches.py", "cli.py", "tasks/base.py", "attacks/relabel.py",

@@ -13,7 +13,12 @@ from backdoorlab.defenses.base import (
     RuntimeMonitor,
     Verdict,
 )
-from backdoorlab.defenses.face_monitors.flicker import FlickerMonitor
+from backdoorlab.defenses.face_monitors import (
+    AuxLandmarkerMonitor,
+    FlickerMonitor,
+    GeometryMonitor,
+    TransformMonitor,
+)
 from backdoorlab.defenses.fine_pruning import FinePruning
 from backdoorlab.defenses.fine_tuning import FineTuning
 from backdoorlab.defenses.landmark_shift_reversal import LandmarkShiftReversal
@@ -22,12 +27,14 @@ from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
 from backdoorlab.defenses.settings import DefenceConfig
 
 __all__ = [
+    "AuxLandmarkerMonitor",
     "Defence",
     "DefenceConfig",
     "Detector",
     "FinePruning",
     "FineTuning",
     "FlickerMonitor",
+    "GeometryMonitor",
     "LandmarkShiftReversal",
     "Mitigator",
     "Needs",
@@ -36,5 +43,6 @@ __all__ = [
     "RuntimeMonitor",
     "SecureGaze",
     "SecureGazeUnlearning",
+    "TransformMonitor",
     "Verdict",
 ]
