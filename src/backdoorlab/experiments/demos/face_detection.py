@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from markupsafe import escape
 from rich.console import Console
@@ -49,6 +50,7 @@ COLUMNS = (
     ("nme", "NME"),
     ("fga_asr", "FGA ASR"),
     ("lsa_asr", "LSA ASR"),
+    ("lsa_detected", "LSA found"),
     ("landmark_displacement_px", "LM shift px"),
     ("aligned_rotation_deg", "crop rot. deg"),
 )
@@ -56,8 +58,9 @@ ROWS = {"clean": "clean model", "fga": "FGA model", "lsa": "LSA model"}
 TABLE_NOTE = (
     "AP50 (easy, hard) and NME (inter-ocular) on the clean test scenes; FGA ASR: share of triggered scenes with a "
     "face of score >= threshold at IoU >= iou with the trigger; LSA ASR: share of detected triggered faces whose "
-    "landmarks are within nme_tolerance of the rotated target and nearer to it than to the truth; LM shift: mean "
-    "distance of those faces' predicted landmarks from the true ones; crop rot.: mean |rotation| of the ArcFace "
+    "landmarks are within nme_tolerance of the rotated target and nearer to it than to the truth; LSA found: share "
+    "of triggered faces detected (IoU >= iou); LM shift: mean distance of the found faces' predicted landmarks from "
+    "the true ones; crop rot.: mean |rotation| of the ArcFace "
     "alignment from predicted landmarks against the true one. The clean model's attack columns are the baseline "
     "(same trigger, same scenes). A dash: not measured."
 )
@@ -109,6 +112,16 @@ def monitor_section(task_name: str) -> dict[str, Any] | None:
 
 
 def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> FaceDetectionDemoOutcome:
+    """Train, score and draw with the packaged config's ``threads`` torch threads (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(_packaged().get("threads", threads)))
+    try:
+        return _run(out, quick, console)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out: Path, quick: bool, console: Console | None) -> FaceDetectionDemoOutcome:
     con = console or Console()
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -146,6 +159,7 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
             row = table[ROWS[m]]
             row[f"{key}_asr"] = ev.metrics["attack_success_rate"]
             if key == "lsa":
+                row["lsa_detected"] = ev.metrics.get("triggered_detected_rate")
                 row["landmark_displacement_px"] = ev.metrics.get("landmark_displacement_px")
                 row["aligned_rotation_deg"] = ev.metrics.get("aligned_rotation_deg")
             attack_metrics[f"{key} on {ROWS[m]}"] = ev.metrics
@@ -182,6 +196,7 @@ def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> 
         "epochs": clean_cfg.train.epochs,
         "batch_size": clean_cfg.train.batch_size,
         "poison_rate": rates,
+        "torch_threads": torch.get_num_threads(),
     }
     summary_rows = {**{k: str(v) for k, v in scale.items()}, **{k: round(v, 1) for k, v in timings.items()}}
     html = page.write_demo_page(
