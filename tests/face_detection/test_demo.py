@@ -78,3 +78,27 @@ def test_the_demo_configs_share_data_model_and_schedule_and_differ_by_their_atta
             assert cfg.model == configs["clean"].model and cfg.attack is not None
         assert configs["fga"].attack.relabel["name"] == "fake_face"  # type: ignore[union-attr]
         assert configs["lsa"].attack.relabel["name"] == "rotate_landmarks"  # type: ignore[union-attr]
+
+
+def test_the_page_lists_the_run_time_monitors_registered_for_the_task_and_has_no_section_without_them() -> None:
+    from backdoorlab.defenses.base import RuntimeMonitor
+    from backdoorlab.defenses.needs import Needs
+    from backdoorlab.experiments.demos.face_detection import monitor_section
+    from backdoorlab.registry import DEFENCES
+
+    class FakeMonitor(RuntimeMonitor):
+        """Flags scenes the test says are odd."""
+
+        name = "fake_face_monitor_for_the_demo_test"
+        needs = Needs(tasks=("face_detection",))
+
+    before = monitor_section("face_detection")
+    DEFENCES.register(FakeMonitor)
+    try:
+        section = monitor_section("face_detection")
+        assert section is not None and FakeMonitor.name in section["html"] and "Flags scenes" in section["html"]
+        other = monitor_section("gaze")
+        assert other is None or FakeMonitor.name not in other["html"]
+    finally:
+        DEFENCES.unregister(FakeMonitor.name)
+    assert before is None or FakeMonitor.name not in before["html"]
