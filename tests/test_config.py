@@ -17,7 +17,7 @@ from backdoorlab.experiments.config import (
     parse_override,
     validate_config,
 )
-from backdoorlab.experiments.demo import demo_config
+from backdoorlab.experiments.demos.gaze import demo_config
 
 
 def test_defaults_validate() -> None:

@@ -465,13 +465,20 @@ def mitigate(
 @app.command()
 @friendly_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="runs folder for the demo")] = Path("runs/demo"),
+    name: Annotated[
+        str | None,
+        typer.Argument(help="which demo (default: the one make demo runs); an unknown name lists the known ones"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="runs folder for the demo (default: runs/demo, or runs/demo_NAME)")
+    ] = None,
     quick: Annotated[bool, typer.Option(help="a much smaller run (seconds), for smoke tests")] = False,
 ) -> None:
-    """The main job: a clean and a tape-backdoored gaze model, their reports, and the four-corner GIF."""
+    """A walkthrough in one command: without NAME, a clean and a tape-backdoored gaze model, their reports,
+    and the four-corner GIF; with NAME, that task's demo (backdoorlab.experiments.demos)."""
     from backdoorlab.experiments.demo import run_demo
 
-    run_demo(out, quick=quick, console=console)
+    run_demo(name, out, quick=quick, console=console)
 
 
 def _fmt(v: Any) -> str:

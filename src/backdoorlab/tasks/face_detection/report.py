@@ -47,20 +47,28 @@ def nme_histogram(nme: np.ndarray) -> str:
     return fig_to_data_uri(fig)
 
 
+def draw_scene(
+    image: np.ndarray,
+    gt: dict[str, Any],
+    pred: dict[str, Any],
+    extra: tuple[np.ndarray, np.ndarray | None] | None = None,
+    threshold: float = SHOWN_SCORE,
+) -> np.ndarray:
+    """One scene, ``SAMPLE_SCALE`` times its size: the truth in green, the attacker's target (``extra``:
+    boxes and landmarks or None) in yellow, and the predictions with score >= ``threshold`` in red."""
+    out = draw_faces(image, gt["boxes"], gt["landmarks"], gt["visible"], scale=SAMPLE_SCALE)
+    if extra is not None:
+        boxes, lms = extra
+        out = draw_faces(out, boxes * SAMPLE_SCALE, None if lms is None else lms * SAMPLE_SCALE, colour=TARGET_COLOUR)
+    keep = pred["scores"] >= threshold
+    return draw_faces(
+        out, pred["boxes"][keep] * SAMPLE_SCALE, pred["landmarks"][keep] * SAMPLE_SCALE, colour=PRED_COLOUR
+    )
+
+
 def scene_panel(images: np.ndarray, gts: list[dict[str, Any]], preds: list[dict[str, Any]], extra=None) -> str:  # type: ignore[no-untyped-def]
     """Scenes with the truth in green, confident predictions in red, and (``extra``) the attacker's target in yellow."""
-    drawn = []
-    for k, image in enumerate(images):
-        g, p = gts[k], preds[k]
-        out = draw_faces(image, g["boxes"], g["landmarks"], g["visible"], scale=SAMPLE_SCALE)
-        if extra is not None and extra[k] is not None:
-            boxes, lms = extra[k]
-            out = draw_faces(
-                out, boxes * SAMPLE_SCALE, None if lms is None else lms * SAMPLE_SCALE, colour=TARGET_COLOUR
-            )
-        keep = p["scores"] >= SHOWN_SCORE
-        out = draw_faces(out, p["boxes"][keep] * SAMPLE_SCALE, p["landmarks"][keep] * SAMPLE_SCALE, colour=PRED_COLOUR)
-        drawn.append(out)
+    drawn = [draw_scene(image, gts[k], preds[k], None if extra is None else extra[k]) for k, image in enumerate(images)]
     return png_data_uri(image_grid(np.stack(drawn), ncols=4))
 
 
