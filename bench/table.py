@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-RESULTS = HERE / "results"
+
+import face_detection_table  # noqa: E402
+from table_common import RESULTS, load_result, target  # noqa: E402
+
 README = HERE.parent / "README.md"
 
 
-def _load(name: str) -> dict | None:  # type: ignore[type-arg]
-    p = RESULTS / f"{name}.json"
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
-def _target(text: str, met: bool) -> str:
-    return f"{text} ({'met' if met else 'missed'})"
+_load = load_result
+_target = target
 
 
 def _gaze_row(label: str, r: dict, target: str) -> tuple[str, str, str, str]:  # type: ignore[type-arg]
@@ -207,7 +204,7 @@ def mitigation_table() -> str:
 
 def markdown() -> str:
     lines = ["| benchmark | result | target | command |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows() + face_detection_table.rows()]
     out = "\n".join(lines)
     for extra, title in (
         (attack_table(), "Backdoor attacks on gaze"),
@@ -216,6 +213,7 @@ def markdown() -> str:
         (detection_table("detect_zoo_holdout"), "Backdoor detection on held-out backdoors (no setting tuned on them)"),
         (detection_table("detect_zoo_resnet18"), "Backdoor detection on the ResNet-18 slice of the zoo"),
         (mitigation_table(), "Backdoor removal on zoo models"),
+        (face_detection_table.attack_table(), "Backdoor attacks on face detection (FGA, LSA)"),
     ):
         if extra:
             out += f"\n\n**{title}**\n\n{extra}"
