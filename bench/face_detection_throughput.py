@@ -12,7 +12,11 @@ Two ratios, each from A/B runs alternated in one process so machine noise hits b
   trained detector is used: ``--run RUN`` (a run folder), else one trained here for
   ``--warm-steps`` steps.
 
-    python bench/face_detection_throughput.py [--run runs/fd/fd-clean-...] [--repeats 5]
+    python bench/face_detection_throughput.py [--run runs/fd/fd-clean-...] [--repeats 5] [--threads 1]
+
+One torch thread by default: on 2 cores shared with other jobs, two threads
+oversubscribe them, and the ratio then measures thread contention (0.39 for prediction
+with 2 threads under a concurrent training run, 0.97 with one, same code).
 """
 
 from __future__ import annotations
@@ -99,7 +103,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--warm-steps", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: two would oversubscribe 2 shared cores)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     spec = SyntheticSceneSpec()
     data = load_or_synthesize_scenes(spec, splits=["train", "test"])
     train_ds, test_ds = data["train"], data["test"]
@@ -140,6 +146,7 @@ def main() -> None:
         "batch": args.batch,
         "model": "retinaface mobilenet0.25, 192x192 scenes",
         "detector": source,
+        "threads": args.threads,
     }
     write_result("face_detection_throughput", row)
     print(f"training loop / bare loop: {train_ratio:.3f} (target >= 0.9)")
