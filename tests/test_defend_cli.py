@@ -74,9 +74,8 @@ def test_mitigate_saves_a_model_and_before_after_metrics(
 
 def test_bad_inputs_give_one_clear_error(runner: CliRunner, attacked_run: Path, tmp_path: Path) -> None:
     r = invoke(runner, "detect", attacked_run, "--method", "strip")
-    assert r.exit_code != 0 and "unknown detection method 'strip'; registered: lsa_reversal, neural_cleanse, securegaze" in flat(
-        r.output
-    )
+    registered = "lsa_reversal, neural_cleanse, securegaze"
+    assert r.exit_code != 0 and f"unknown detection method 'strip'; registered: {registered}" in flat(r.output)
     r = invoke(runner, "mitigate", attacked_run, "--method", "securegaze", "--param", "bogus=1", "--n-clean", "24")
     assert r.exit_code != 0 and "bogus" in flat(r.output)
     r = invoke(runner, "mitigate", attacked_run, "--param", "clean_targets=teacher", "--n-clean", "24")
