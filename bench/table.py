@@ -202,10 +202,19 @@ def mitigation_table() -> str:
     )
 
 
-def markdown() -> str:
+DETAILS = HERE.parent / "docs" / "bench.md"
+
+
+def summary() -> str:
+    """The one-line-per-benchmark table (the README's)."""
     lines = ["| benchmark | result | target | command |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows() + face_detection_table.rows()]
-    out = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def markdown() -> str:
+    """The summary and every detailed table (docs/bench.md)."""
+    out = summary()
     for extra, title in (
         (attack_table(), "Backdoor attacks on gaze"),
         (throughput_table(), "Trigger throughput"),
@@ -222,18 +231,25 @@ def markdown() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--readme", action="store_true", help="rewrite the bench block in README.md")
+    ap.add_argument(
+        "--readme", action="store_true", help="rewrite the bench blocks of README.md (summary) and docs/bench.md (all)"
+    )
     args = ap.parse_args()
     table = markdown()
     print(table)
     if args.readme:
-        text = README.read_text()
-        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-        if start not in text or end not in text:
-            raise SystemExit(f"{README} has no {start} ... {end} block")
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        README.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+        _replace_block(README, summary())
+        _replace_block(DETAILS, table)
+
+
+def _replace_block(path: Path, table: str) -> None:
+    text = path.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 if __name__ == "__main__":
