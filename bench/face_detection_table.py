@@ -19,7 +19,7 @@ def rows() -> list[Row]:
                 "Clean face detection, RetinaFace MobileNet-0.25, 192-px synthetic scenes",
                 f"AP50 easy/medium/hard {r['ap50_easy']:.3f}/{r['ap50_medium']:.3f}/{r['ap50_hard']:.3f}, "
                 f"AP50:95 {r['ap50_95']:.3f}, NME {r['nme']:.3f} (n_test={r['n_test']}, {r['n_faces']} faces, "
-                f"{r['n_train']} training scenes, {minutes:.0f} min training on a shared machine)",
+                f"{r['n_train']} training scenes, {minutes:.1f} min training)",
                 f"{target('AP50 easy >= 0.90', r['ap50_easy'] >= 0.9)}; {target('NME <= 0.08', r['nme'] <= 0.08)}; "
                 f"{target('<= 30 min', minutes <= 30)}",
                 "`python bench/clean_face_detection.py`",
