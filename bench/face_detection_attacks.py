@@ -60,7 +60,8 @@ def table_cells(e: dict[str, Any]) -> list[str]:
         e["attack"], cell(e, "beta", "{:g}"), cell(e, "alpha", "{:g}"), cell(e, "size", "{:g}"),
         cell(e, "ap50_easy"), cell(e, "ap50_hard"), cell(e, "nme"), cell(e, "attack_success_rate"),
         cell(e, "clean_model_asr"), cell(e, "landmark_displacement_px", "{:.1f}"),
-        cell(e, "aligned_rotation_deg", "{:.1f}"), f"{e['train_seconds'] / 60:.1f}",
+        cell(e, "aligned_rotation_deg", "{:.1f}"), cell(e, "clean_model_rotation_deg", "{:.1f}"),
+        f"{e['train_seconds'] / 60:.1f}",
     ]  # fmt: skip
 
 
@@ -84,12 +85,13 @@ def main() -> None:
             base = score_attack_config(clean.model, "face_detection", test, run.require_attack(), run.trigger)
             entry["clean_model_asr"] = base.metrics["attack_success_rate"]
             entry["clean_model_displacement_px"] = base.metrics.get("landmark_displacement_px")
+            entry["clean_model_rotation_deg"] = base.metrics.get("aligned_rotation_deg")
         out.append(entry)
         print(f"[{i}/{len(rows)}] {entry['attack']} {entry.get('beta', '')} scored", flush=True)
     write_result("face_detection_attacks", {"runs": out, "paper_claims": CLAIMS, "store": str(args.store)})
     print()
     columns = ["attack", "beta", "alpha", "size", "AP50 easy", "AP50 hard", "NME", "ASR", "clean-model ASR",
-               "displ. px", "aligned rot.", "train min"]  # fmt: skip
+               "displ. px", "aligned rot.", "clean-model rot.", "train min"]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
     print("|---" * len(columns) + "|")
     for e in out:

@@ -57,7 +57,7 @@ def attack_table() -> str:
         return ""
     head = (
         "| attack | beta | alpha | size | AP50 easy | AP50 hard | NME | ASR | clean-model ASR "
-        "| landmark shift (px) | aligned-crop rotation (deg) | train (min) |"
+        "| landmark shift (px) | aligned-crop rotation (deg) | clean-model rotation (deg) | train (min) |"
     )
     lines = [
         f"`{r['provenance']['command']}` (grid: `configs/zoo/face_detection_attacks.yaml`; "
@@ -72,6 +72,7 @@ def attack_table() -> str:
             f"| {_cell(e, 'ap50_easy')} | {_cell(e, 'ap50_hard')} | {_cell(e, 'nme')} "
             f"| {_cell(e, 'attack_success_rate')} | {_cell(e, 'clean_model_asr')} "
             f"| {_cell(e, 'landmark_displacement_px', '{:.1f}')} | {_cell(e, 'aligned_rotation_deg', '{:.1f}')} "
+            f"| {_cell(e, 'clean_model_rotation_deg', '{:.1f}')} "
             f"| {e['train_seconds'] / 60:.1f} |"
         )
     return "\n".join(lines)
