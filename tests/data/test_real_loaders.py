@@ -459,3 +459,13 @@ def test_registry(tmp_path: Path) -> None:
     assert len(ds) == 2
     with pytest.raises(ConfigError, match="size"):
         load_real_dataset("ethxgaze", str(tmp_path), colour=True)
+
+
+def test_every_registered_loader_is_a_config_source() -> None:
+    """``data.source`` is a Literal (no loader import at config time); it must list every registered loader."""
+    from typing import get_args
+
+    from backdoorlab.experiments.config import DataConfig
+
+    sources = set(get_args(DataConfig.model_fields["source"].annotation))
+    assert sources == {"synthetic", "folder", *REAL_LOADERS}

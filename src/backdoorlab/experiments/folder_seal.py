@@ -4,7 +4,7 @@ Why a seal: the store's ``complete`` is only a claim about files on disk. Sealin
 ``status.json`` (complete, with the SHA-256 of every file the run wrote, synced to disk)
 before the store row changes, so any later reader can check the claim against the
 folder: a sweep before skipping a point, ``runs --repair``, and the zoo before reusing a
-stored verdict or repair of the model (:func:`folder_seal`).
+stored verdict or repair of the model (:func:`checked_seal`).
 """
 
 from __future__ import annotations
@@ -61,16 +61,18 @@ def run_folder_problem(run_dir: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def folder_seal(run_dir: str | os.PathLike[str]) -> str | None:
-    """An identity of the folder's sealed contents (a hash of its recorded file hashes), or None.
+def checked_seal(run_dir: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """``(problem, seal)`` of a run folder, its files hashed once.
 
-    None when the folder is not intact (see :func:`run_folder_problem`) or predates the
-    seal. Two folders with the same seal hold the same files, byte for byte: a verdict
-    recorded with a seal is about exactly these weights.
+    ``problem`` is what :func:`run_folder_problem` finds (then ``seal`` is None). Otherwise
+    ``seal`` identifies the folder's sealed contents (a hash of its recorded file hashes),
+    or is None for an intact folder written before seals. Two folders with the same seal
+    hold the same files, byte for byte: a verdict recorded with a seal is about exactly
+    these weights.
     """
-    if run_folder_problem(run_dir) is not None:
-        return None
+    if (problem := run_folder_problem(run_dir)) is not None:
+        return problem, None
     files = json.loads((Path(run_dir) / STATUS_FILE).read_text()).get("files")
     if files is None:
-        return None
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return None, None
+    return None, hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()

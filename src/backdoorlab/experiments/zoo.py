@@ -30,7 +30,7 @@ import numpy as np
 
 from backdoorlab.defenses.base import calibrated_threshold
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.experiments.folder_seal import folder_seal, run_folder_problem
+from backdoorlab.experiments.folder_seal import checked_seal
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.metrics.detection import accuracy_at, auroc, tpr_at_fpr
 
@@ -329,18 +329,19 @@ class Zoo:
     @staticmethod
     def _intact_seal(model: ZooModel) -> str | None:
         """The seal of the model's folder (None for a folder from before seals); a damaged one is refused."""
-        if (problem := run_folder_problem(model.run_dir)) is not None:
+        problem, seal = checked_seal(model.run_dir)
+        if problem is not None:
             raise BackdoorLabError(f"run {model.run_id}: {problem}; its defence records are refused")
-        return folder_seal(model.run_dir)
+        return seal
 
     def _reusable(self, model: ZooModel, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The stored records still about this model's weights: same seal, and none once the folder is damaged.
 
         A record from before seals (no ``model_seal``) counts while the folder is intact.
         """
-        if run_folder_problem(model.run_dir) is not None:
+        problem, seal = checked_seal(model.run_dir)
+        if problem is not None:
             return []
-        seal = folder_seal(model.run_dir)
         return [r for r in records if r.get("model_seal") in (None, seal)]
 
     def cached_verdict(
