@@ -251,3 +251,21 @@ def test_mitigations_keep_before_and_after(tmp_path: Path) -> None:
         {"n_scored": 3},
     )
     assert store.mitigations("r1", "other") == []
+
+
+def _open_and_list(path: str) -> str | None:
+    try:
+        ResultsStore(path).list()
+    except BackdoorLabError as exc:
+        return str(exc)
+    return None
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """Regression (CI): two sweeps creating one store both added its newer columns ("duplicate column name")."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for attempt in range(12):
+            path = str(tmp_path / f"store{attempt}" / "results.sqlite")
+            assert pool.map(_open_and_list, [path] * 4) == [None] * 4

@@ -128,14 +128,31 @@ class ResultsStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self._connect() as con:
-                _when_unlocked(lambda: con.executescript(SCHEMA))
+            self._create_or_upgrade()
+        except sqlite3.DatabaseError as exc:
+            raise BackdoorLabError(_open_problem(self.path, exc)) from None
+
+    def _create_or_upgrade(self) -> None:
+        """Create the tables and add columns newer than the store, in one immediate transaction.
+
+        Why one transaction: the columns are added after reading which ones exist, and two
+        processes opening a new store at once (two sweeps) would otherwise both see a
+        column missing and both add it ("duplicate column name").
+        """
+        with self._connect() as con:
+            con.isolation_level = None  # transactions by hand: BEGIN IMMEDIATE takes the write lock first
+            _when_unlocked(lambda: con.execute("BEGIN IMMEDIATE"))
+            try:
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    con.execute(statement)
                 _add_missing_columns(con, "runs", ADDED_RUN_COLUMNS)
                 for table in ("verdicts", "mitigations"):
                     _add_missing_columns(con, table, ADDED_RECORD_COLUMNS)
                 _add_missing_columns(con, "claims", ADDED_CLAIM_COLUMNS)
-        except sqlite3.DatabaseError as exc:
-            raise BackdoorLabError(_open_problem(self.path, exc)) from None
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -481,11 +498,13 @@ def _open_problem(path: Path, exc: sqlite3.DatabaseError) -> str:
             is_sqlite = fh.read(16) == b"SQLite format 3\x00"
     except OSError:
         is_sqlite = False
-    if is_sqlite:
+    if is_sqlite and any(word in str(exc) for word in ("readonly", "unable to open", "disk I/O")):
         return (
             f"results store {path} cannot be opened for writing ({exc}): is its folder read-only? "
             "(the store keeps its journal beside the file, so even reading it needs a writable folder)"
         )
+    if is_sqlite:
+        return f"results store {path} cannot be opened: {exc}"
     return f"results store {path} cannot be opened as SQLite: {exc}"
 
 
