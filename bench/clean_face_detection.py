@@ -26,10 +26,11 @@ from common import write_result  # noqa: E402
 from backdoorlab.experiments.config import load_config  # noqa: E402
 from backdoorlab.experiments.run import execute  # noqa: E402
 from backdoorlab.experiments.run_folder import Run  # noqa: E402
-from backdoorlab.metrics.landmarks import landmark_errors  # noqa: E402
+from backdoorlab.metrics.landmarks import landmark_errors, nme_per_face  # noqa: E402
 from backdoorlab.tasks.face_detection.task import ground_truth  # noqa: E402
 
 YAW_BINS = ((0, 15), (15, 35), (35, 61))
+WIDTH_BINS = ((0, 16), (16, 32), (32, 64), (64, 1024))
 
 CONFIG = HERE.parent / "configs" / "face_detection" / "clean.yaml"
 KEYS = ("ap50_easy", "ap50_medium", "ap50_hard", "ap50_95", "nme", "nme_box", "n_test", "n_faces", "n_train")
@@ -59,12 +60,46 @@ def landmark_breakdown(run_dir: Path) -> dict[str, object]:
         "point_error_over_width_mean": [round(float(v), 4) for v in share.mean(0)],
         "by_abs_yaw": {},
     }
+    out["by_width_px"] = by_width(errors.nme[keep], widths[keep], template_nme(run, gts, errors)[keep])
     for lo, hi in YAW_BINS:
         m = (np.abs(yaw[keep]) >= lo) & (np.abs(yaw[keep]) < hi)
         out["by_abs_yaw"][f"{lo}-{hi}"] = {  # type: ignore[index]
             "faces": int(m.sum()),
             "error_over_width_median": float(np.median(share[m].mean(1))) if m.any() else None,
             "nme_median": float(np.median(errors.nme[keep][m])) if m.any() else None,
+        }
+    return out
+
+
+def template_nme(run: Run, gts: list[dict[str, np.ndarray]], errors: object) -> np.ndarray:
+    """Per matched face: the NME of a fixed landmark template (the training faces' mean, relative to their
+    box) placed in the face's *true* box: what a detector that learnt nothing about pose would score."""
+    train = ground_truth(run.splits[0].subset(np.arange(min(1000, len(run.splits[0])))))
+    rel = [
+        (lm - box[:2]) / (box[2:] - box[:2])
+        for g in train
+        for box, lm, vis in zip(g["boxes"], g["landmarks"], g["visible"], strict=True)
+        if vis.all() and (box[2:] - box[:2]).min() > 4
+    ]
+    template = np.mean(rel, axis=0)
+    pairs = list(zip(errors.image, errors.gt, strict=True))  # type: ignore[attr-defined]
+    boxes = np.stack([gts[i]["boxes"][j] for i, j in pairs])
+    true = np.stack([gts[i]["landmarks"][j] for i, j in pairs])
+    visible = np.stack([gts[i]["visible"][j] for i, j in pairs])
+    placed = boxes[:, None, :2] + template[None] * (boxes[:, None, 2:] - boxes[:, None, :2])
+    return nme_per_face(placed, true, visible, gt_boxes=boxes)
+
+
+def by_width(nme: np.ndarray, widths: np.ndarray, template: np.ndarray) -> dict[str, object]:
+    """Median NME of the model and of the pose-blind template, per true face width (pixels)."""
+    out: dict[str, object] = {}
+    for lo, hi in WIDTH_BINS:
+        m = (widths >= lo) & (widths < hi)
+        out[f"{lo}-{hi}"] = {
+            "faces": int(m.sum()),
+            "nme_median": float(np.median(nme[m])) if m.any() else None,
+            "nme_mean": float(np.mean(nme[m])) if m.any() else None,
+            "template_nme_median": float(np.median(template[m])) if m.any() else None,
         }
     return out
 

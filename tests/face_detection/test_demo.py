@@ -61,6 +61,7 @@ def test_the_dispatcher_finds_each_demo_by_name_and_the_gaze_demo_by_default() -
     default = demo_module(None)
     assert default.NAME == "gaze" and str(default.DEFAULT_OUT) == "runs/demo"
     assert str(demo_module("face_detection").DEFAULT_OUT) == "runs/demo_face_detection"
+    assert demo_module("detection") is demo_module("face_detection")  # `backdoorlab demo detection`
 
 
 def test_an_unknown_demo_is_one_line_naming_the_known_ones(runner: CliRunner) -> None:

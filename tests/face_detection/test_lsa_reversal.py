@@ -58,3 +58,14 @@ def test_the_reversal_runs_scores_and_calibrates_on_a_tiny_detector(lsa_run: Pat
     with pytest.raises(BackdoorLabError, match="at least 4 clean faces"):
         LandmarkShiftReversal(min_face_px=200, min_clean=4, device="cpu").inspect(run.model, test)
     assert np.isfinite(verdict.details["std_rotation_deg"])
+
+
+def test_a_given_trigger_is_read_out_per_face_and_no_trigger_turns_nothing(lsa_run: Path) -> None:
+    run = Run(lsa_run)
+    _, test = load_data(validate_config(config(lsa_run.parent.parent / "scenes")))
+    det = LandmarkShiftReversal(batch_size=4, min_face_px=8, device="cpu")
+    images, ann = test.batch(np.arange(len(test)))
+    image, boxes, theta = det.rotations(run.model, test, images)
+    assert len(image) == len(boxes) == len(theta) > 0 and np.allclose(theta, 0.0, atol=1e-4)  # same pixels: no turn
+    _, _, turned = det.rotations(run.model, test, run.trigger(images, ann, np.arange(len(test))))
+    assert turned.shape == theta.shape and np.isfinite(turned).all() and np.abs(turned).max() > 0

@@ -269,6 +269,33 @@ class LandmarkShiftReversal(Detector):
         centres = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2
         return rotation_deg(faces.reference, moved, centres)
 
+    def rotations(
+        self, model: nn.Module, clean_data: ArrayDataset, triggered: Tensor
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """How a *given* trigger turns each usable clean face, read as the reversal reads it (an oracle check).
+
+        ``triggered`` holds the clean images with some trigger applied, (N, C, H, W) in
+        [0, 1]. Returns, per usable face (five visible landmarks, at least ``min_face_px``
+        wide): its image index, its (4,) box, and the rotation (degrees) from the model's
+        landmarks on the clean image to those on the triggered one. With the attack's real
+        trigger this says what score the reversal could reach if its search found it.
+        """
+        dev = pick_device(self.device)
+        frozen = model.to(dev).eval()
+        images, _ = clean_data.batch(np.arange(len(clean_data)))
+        images, triggered = images.to(dev), triggered.to(dev)
+        with torch.no_grad():
+            faces = self._faces(frozen, images, clean_data)
+            priors = model_priors(frozen, images.shape[-2], images.shape[-1], dev)
+            n = len(faces.image)
+            parts = [faces.take(sl) for sl in np.array_split(np.arange(n), max(1, math.ceil(n / self.batch_size)))]
+            moved = torch.cat([
+                self._landmarks(frozen, triggered[torch.from_numpy(part.image).to(dev)], part, priors) for part in parts
+            ])  # fmt: skip
+        centres = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2
+        theta = rotation_deg(faces.reference, moved, centres)
+        return faces.image, faces.boxes.cpu().numpy(), theta.double().cpu().numpy()
+
     def reverse(self, model: nn.Module, clean_data: ArrayDataset) -> tuple[ReversedShift, ReversedShift, _Faces]:
         """Both starts (best first) and the held-out faces they were scored on."""
         self.check_needs(model=model, clean_data=clean_data, task=FaceDetectionTask())  # the faces' instances

@@ -28,16 +28,17 @@ def demo_modules() -> dict[str, ModuleType]:
 
 
 def demo_module(name: str | None = None) -> ModuleType:
-    """The demo called ``name``, or the default one (``DEFAULT = True``) when ``name`` is None."""
+    """The demo called ``name`` (its ``NAME`` or one of its ``ALIASES``), or the default one (``DEFAULT = True``)."""
     modules = demo_modules()
     if name is None:
         defaults = [m for m in modules.values() if getattr(m, "DEFAULT", False)]
         if len(defaults) != 1:
             raise ConfigError(f"{len(defaults)} demos declare DEFAULT = True; exactly one must")
         return defaults[0]
-    if name not in modules:
+    aliases = {alias: m for m in modules.values() for alias in getattr(m, "ALIASES", ())}
+    if name not in modules and name not in aliases:
         raise ConfigError(f"unknown demo {name!r} (known: {', '.join(sorted(modules))})")
-    return modules[name]
+    return modules.get(name) or aliases[name]
 
 
 def run_demo(name: str | None, out: Path | None = None, quick: bool = False, console: Console | None = None) -> Any:

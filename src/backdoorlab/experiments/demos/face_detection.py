@@ -39,6 +39,7 @@ from backdoorlab.registry import DEFENCES, TASKS
 from backdoorlab.tasks.face_detection import demo as page
 
 NAME = "face_detection"
+ALIASES = ("detection",)  # the name issue 14 gave it: `backdoorlab demo detection`
 DEFAULT = False
 DEFAULT_OUT = Path("runs/demo_face_detection")
 SUMMARY = "a clean, an FGA and an LSA RetinaFace on synthetic scenes; detections and aligned crops"

@@ -134,7 +134,7 @@ class FaceDetectionTask(Task):
     headline_metric = "ap50_easy"
     attack_settings = FaceDetectionAttackSettings
     default_relabel: ClassVar[dict[str, Any]] = {"name": "fake_face"}
-    attack_summary_metrics = ("attack_success_rate", "landmark_displacement_px")
+    attack_summary_metrics = ("attack_success_rate", "landmark_displacement_px", "aligned_rotation_deg")
     synthetic_spec = SyntheticSceneSpec
 
     def __init__(self) -> None:
