@@ -21,7 +21,9 @@ seed-0 model, FGA and LSA at beta = 0.1). Three parts, each as ``backdoorlab`` r
    ratios 0.5 and 0.2 besides its default 0.8) on the FGA and LSA models: the task's
    metrics and the attack's before and after, on the rest of the test split.
 
-Writes ``bench/results/face_model_level.json`` (``--name``) and prints the tables.
+Writes ``bench/results/face_model_level.json`` (``--name``) and prints the tables. With
+``--parts`` naming some of the parts, the others are kept from that file when it is about
+the same three runs (the provenance is then the last command's).
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 from common import write_result
+from table_common import load_result
 
 from backdoorlab.data.synthetic.scene_sequences import render_scene_clips, trigger_frames
 from backdoorlab.defenses import LandmarkShiftReversal
 from backdoorlab.defenses.face_monitors.flicker import FlickerMonitor
-from backdoorlab.experiments.defend import detect_run, mitigate_run
+from backdoorlab.experiments.defend import backdoor_metrics, detect_run, mitigate_run
 from backdoorlab.experiments.run_folder import Run
 from backdoorlab.metrics.detection import auroc
 from backdoorlab.tasks.face_detection.task import ground_truth
@@ -140,8 +143,12 @@ def flicker(runs: dict[str, Run], n_clips: int, far: float) -> dict[str, Any]:
 
 
 def mitigation(runs: dict[str, Run], n_clean: int) -> dict[str, Any]:
+    """Each repair's before/after, and a reference: the clean detector under the same trigger, same scenes."""
     out: dict[str, Any] = {}
     for role in ("fga", "lsa"):
+        _, held_out = runs[role].defender_split(n_clean)
+        reference = backdoor_metrics(runs["clean"].model, runs[role], held_out, device="cpu")
+        out[f"{role}/clean model"] = {"before": reference, "after": None, "seconds": None, "n_scored": len(held_out)}
         for label, method, params in MITIGATORS:
             folder = runs[role].folder
             out_dir = folder / "mitigated" / label
@@ -178,8 +185,9 @@ def print_tables(result: dict[str, Any]) -> None:
         print("\nmitigation (before -> after)")
         for key, r in result["mitigation"].items():
             keys = [k for k in MITIGATION_KEYS if k in r["before"]]
-            cells = [f"{k} {_num(r['before'].get(k))}->{_num(r['after'].get(k))}" for k in keys]
-            print(f"  {key:18} " + ", ".join(cells) + f" ({r['seconds']:.0f}s)")
+            after = r["after"] or {}
+            cells = [f"{k} {_num(r['before'].get(k))}->{_num(after.get(k))}" for k in keys]
+            print(f"  {key:20} " + ", ".join(cells) + (f" ({r['seconds']:.0f}s)" if r["seconds"] else ""))
 
 
 def main() -> None:
@@ -198,6 +206,9 @@ def main() -> None:
     runs = {"clean": Run(args.clean), "fga": Run(args.fga), "lsa": Run(args.lsa)}
     parts = set(args.parts.split(","))
     result: dict[str, Any] = {"runs": {k: str(r.folder) for k, r in runs.items()}, "far": args.far}
+    previous = load_result(args.name)
+    if previous and previous.get("runs") == result["runs"]:  # the parts not run now stay as measured before
+        result.update({k: v for k, v in previous.items() if k in ("reversal", "flicker", "mitigation")})
     if "reversal" in parts:
         result["reversal"] = reversal(runs, args.n_clean)
     if "flicker" in parts:

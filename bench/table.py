@@ -223,6 +223,8 @@ def markdown() -> str:
         (detection_table("detect_zoo_resnet18"), "Backdoor detection on the ResNet-18 slice of the zoo"),
         (mitigation_table(), "Backdoor removal on zoo models"),
         (face_detection_table.attack_table(), "Backdoor attacks on face detection (FGA, LSA)"),
+        (face_detection_table.monitor_table(), "Run-time monitors on face detectors"),
+        (face_detection_table.model_level_table(), "Model-level defences on face detectors"),
     ):
         if extra:
             out += f"\n\n**{title}**\n\n{extra}"
