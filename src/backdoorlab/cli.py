@@ -109,7 +109,8 @@ def data_convert(
     kind: Annotated[
         str,
         typer.Argument(
-            help="mpiifacegaze, mpiifacegaze-normalized, mpiigaze, ethxgaze, widerface, widerface-retinaface or celeba"
+            help="mpiifacegaze, mpiifacegaze-normalized, mpiigaze, ethxgaze, widerface, widerface-retinaface, celeba, "
+            "casia-webface, lfw, ffhq or aligned-crops"
         ),
     ],
     source: Annotated[Path, typer.Argument(help="root folder (or file) of the published release")],

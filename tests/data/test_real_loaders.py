@@ -449,6 +449,10 @@ def test_registry(tmp_path: Path) -> None:
         "widerface",
         "widerface-retinaface",
         "celeba",
+        "casia-webface",
+        "lfw",
+        "ffhq",
+        "aligned-crops",
     }
     err = _raises(lambda: load_real_dataset("gaze360", str(tmp_path)), "gaze360")
     for name in REAL_LOADERS:

@@ -50,6 +50,10 @@ class DataConfig(_Strict):
         "widerface",
         "widerface-retinaface",
         "celeba",
+        "casia-webface",
+        "lfw",
+        "ffhq",
+        "aligned-crops",
     ] = "synthetic"
     synthetic: dict[str, Any] = Field(
         default_factory=dict, description="the task's synthetic data settings (every default filled in)"
