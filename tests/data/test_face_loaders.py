@@ -28,8 +28,9 @@ from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.celeba import load_celeba, read_celeba_landmarks
 from backdoorlab.data.real import REAL_LOADERS, load_real_dataset
 from backdoorlab.data.wider_face import load_widerface, load_widerface_retinaface
-from backdoorlab.errors import ConfigError, DatasetError
+from backdoorlab.errors import ConfigError
 
+from .assertions import raises_naming
 from .fixtures_faces import (
     CelebaImage,
     RetinaImage,
@@ -46,13 +47,7 @@ from .fixtures_faces import (
 SIZE = 48
 
 
-def _raises(fn, *needles: str) -> str:
-    with pytest.raises(DatasetError) as info:
-        fn()
-    msg = str(info.value)
-    for needle in needles:
-        assert needle in msg, f"{needle!r} not in {msg}"
-    return msg
+_raises = raises_naming
 
 
 def _orig_boxes(ds: ArrayDataset, i: int) -> np.ndarray:

@@ -30,18 +30,14 @@ from backdoorlab.data.face_recognition_sets import (
     refuse_pickle,
 )
 from backdoorlab.data.real import REAL_LOADERS, load_real_dataset
-from backdoorlab.errors import ConfigError, DatasetError
+from backdoorlab.errors import ConfigError
+
+from .assertions import raises_naming
 
 SIZE = 32
 
 
-def _raises(fn, *needles: str) -> str:
-    with pytest.raises(DatasetError) as info:
-        fn()
-    msg = str(info.value)
-    for needle in needles:
-        assert needle in msg, f"{needle!r} not in {msg}"
-    return msg
+_raises = raises_naming
 
 
 def colour(key: int) -> tuple[int, int, int]:
