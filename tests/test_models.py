@@ -162,7 +162,7 @@ def test_failed_contract_check_restores_training_mode() -> None:
 
 
 def test_build_model_known_names() -> None:
-    assert set(MODELS) == {"gaze_cnn", "resnet18", "retinaface"}
+    assert set(MODELS) == {"gaze_cnn", "resnet18", "retinaface", "iresnet", "facenet_like", "mobilefacenet"}
     m = build_model("gaze_cnn", in_channels=1, width=8, feature_dim=12)
     assert isinstance(m, GazeCNN) and m.feature_dim == 12 and m.trunk[0][0].in_channels == 1
     assert isinstance(build_model("resnet18", small_input=True), ResNet18Gaze)

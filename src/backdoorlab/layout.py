@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cli",),
 ]
 #: the task packages under tasks/ (each registers itself; generic code looks them up by name)
-TASK_PACKAGES = ("gaze", "face_detection")
+TASK_PACKAGES = ("gaze", "face_detection", "face_recognition")
 
 
 def sources() -> list[Path]:

@@ -5,7 +5,7 @@ by name at the first look-up.
 """
 
 from backdoorlab.registry import TASKS
-from backdoorlab.tasks import face_detection, gaze  # noqa: F401  (each registers its task)
+from backdoorlab.tasks import face_detection, face_recognition, gaze  # noqa: F401  (each registers itself)
 
 # configs written before there was more than one task name none: they are gaze runs
 TASKS.set_default("gaze")
