@@ -102,6 +102,11 @@ class _Faces:
         r = torch.from_numpy(rows).to(self.boxes.device)
         return _Faces(self.image[rows], self.boxes[r], self.prior_index[r], self.prior_weight[r], self.reference[r])
 
+    def chunks(self, size: int) -> list[_Faces]:
+        """The faces in consecutive, nearly equal parts of at most about ``size`` (for batched read-outs)."""
+        n = len(self.image)
+        return [self.take(sl) for sl in np.array_split(np.arange(n), max(1, math.ceil(n / size)))]
+
 
 @dataclass
 class ReversedShift:
@@ -247,8 +252,7 @@ class LandmarkShiftReversal(Detector):
                 raise BackdoorLabError(f"LandmarkShiftReversal: the loss became {loss.item()} at step {step}")
         with torch.no_grad():
             angles = torch.cat([
-                self._rotations(model, images, hold.take(sl), priors, mask_logit, pattern_logit)
-                for sl in np.array_split(np.arange(len(hold.image)), max(1, math.ceil(len(hold.image) / bs)))
+                self._rotations(model, images, part, priors, mask_logit, pattern_logit) for part in hold.chunks(bs)
             ])  # fmt: skip
             mask = self._mask(mask_logit)
         return ReversedShift(
@@ -287,10 +291,9 @@ class LandmarkShiftReversal(Detector):
         with torch.no_grad():
             faces = self._faces(frozen, images, clean_data)
             priors = model_priors(frozen, images.shape[-2], images.shape[-1], dev)
-            n = len(faces.image)
-            parts = [faces.take(sl) for sl in np.array_split(np.arange(n), max(1, math.ceil(n / self.batch_size)))]
             moved = torch.cat([
-                self._landmarks(frozen, triggered[torch.from_numpy(part.image).to(dev)], part, priors) for part in parts
+                self._landmarks(frozen, triggered[torch.from_numpy(part.image).to(dev)], part, priors)
+                for part in faces.chunks(self.batch_size)
             ])  # fmt: skip
         centres = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2
         theta = rotation_deg(faces.reference, moved, centres)
