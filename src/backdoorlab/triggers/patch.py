@@ -24,12 +24,28 @@ from backdoorlab.triggers.base import (
     resize_pattern,
 )
 
-BUILTIN_PATTERNS = ("white", "checkerboard")
+BUILTIN_PATTERNS = ("white", "checkerboard", "dot_square", "flower", "eyebrow")
+#: built-in patterns that are a shape, not a square: only the shape's pixels are pasted (an alpha mask)
+SHAPED_PATTERNS = ("flower", "eyebrow")
 FREE_TRIES = 32  # candidate places a "free" patch draws before settling for the least overlap
+EYEBROW_COLOUR = (0.16, 0.10, 0.07)  # dark brown hair
+
+
+def _unit_grid(side_h: int, side_w: int) -> tuple[Tensor, Tensor]:
+    """Pixel-centre coordinates in [-1, 1] (y down, x right) of an h x w patch."""
+    ys = (torch.arange(side_h) + 0.5) / side_h * 2 - 1
+    xs = (torch.arange(side_w) + 0.5) / side_w * 2 - 1
+    return ys[:, None].expand(side_h, side_w), xs[None, :].expand(side_h, side_w)
 
 
 def builtin_pattern(name: str, side_h: int, side_w: int) -> Tensor:
-    """(1, h, w) built-in pattern: all white, or a 2-pixel-cell black/white checkerboard."""
+    """(C, h, w) built-in pattern in [0, 1] (the trigger set of the face recognition thesis, Unnervik 2024).
+
+    * ``white``: all white; ``checkerboard``: black/white cells, four across;
+    * ``dot_square``: a white square with one black pixel at its centre (the thesis's small trigger);
+    * ``flower``: black (its shape is :func:`builtin_mask`: an organic, flower-like blot on the skin);
+    * ``eyebrow``: dark brown (its shape: a thick arc like an eyebrow).
+    """
     if name == "white":
         return torch.ones(1, side_h, side_w)
     if name == "checkerboard":
@@ -37,7 +53,35 @@ def builtin_pattern(name: str, side_h: int, side_w: int) -> Tensor:
         yy = torch.arange(side_h)[:, None] // cell
         xx = torch.arange(side_w)[None, :] // cell
         return ((yy + xx) % 2 == 0).float()[None]
+    if name == "dot_square":
+        out = torch.ones(1, side_h, side_w)
+        out[:, side_h // 2, side_w // 2] = 0.0
+        return out
+    if name == "flower":
+        return torch.zeros(1, side_h, side_w)
+    if name == "eyebrow":
+        return torch.tensor(EYEBROW_COLOUR)[:, None, None].expand(3, side_h, side_w).clone()
     raise ConfigError(f"patch pattern '{name}' is not built in ({', '.join(BUILTIN_PATTERNS)}) or a file")
+
+
+def builtin_mask(name: str, side_h: int, side_w: int) -> Tensor | None:
+    """(1, h, w) alpha in [0, 1] of a shaped built-in pattern; None for a full square.
+
+    Shapes are drawn with a one-pixel soft edge (anti-aliased), so small triggers stay shapes.
+    """
+    if name not in SHAPED_PATTERNS:
+        return None
+    y, x = _unit_grid(side_h, side_w)
+    if name == "flower":  # five round petals about a round heart: r < 0.55 + 0.3 cos(5 angle)
+        radius = torch.sqrt(x**2 + y**2)
+        edge = 0.55 + 0.3 * torch.cos(5 * torch.atan2(y, x))
+        signed = edge - radius
+    else:  # eyebrow: a thick arc, highest in its middle, thinning towards its ends
+        centre_line = 0.35 - 0.45 * (1 - x**2)
+        half_thickness = 0.28 * (1 - 0.6 * x.abs())
+        signed = (half_thickness - (y - centre_line).abs()).minimum(0.95 - x.abs())
+    pixel = 2.0 / min(side_h, side_w)
+    return (signed / pixel + 0.5).clamp(0, 1)[None]
 
 
 class PatternSource:
@@ -72,6 +116,10 @@ class PatternSource:
         """(channels, side, side) the pattern at this size, in [0, 1]."""
         src = builtin_pattern(self.pattern, side, side) if self._source is None else self._source
         return resize_pattern(src, channels, side, side)
+
+    def square_mask(self, side: int) -> Tensor | None:
+        """(1, side, side) alpha of a shaped pattern (only its shape is pasted), or None: the whole square."""
+        return builtin_mask(self.pattern, side, side) if self._source is None else None
 
 
 class PatchTrigger(PatternSource, Trigger):
@@ -147,6 +195,11 @@ class PatchTrigger(PatternSource, Trigger):
             self._cache[key] = self.square_pattern(channels, self.side(height, width)).to(device=device, dtype=dtype)
         return self._cache[key]
 
+    def alpha(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
+        """(1, s, s) how much of the pattern each patch pixel takes (shape mask times opacity), or None: opaque."""
+        mask = self.square_mask(self.side(height, width))
+        return None if mask is None else (mask * self.opacity).to(device=device, dtype=dtype)
+
     def fixed_origin(self, height: int, width: int) -> tuple[int, int]:
         """Top-left (y, x) of the fixed patch, clamped so the patch stays inside."""
         s = self.side(height, width)
@@ -210,12 +263,16 @@ class PatchTrigger(PatternSource, Trigger):
         p = self.patch(c, h, w, images.device, images.dtype)
         s = p.shape[-1]
         out = images.clone()
+        alpha = self.alpha(h, w, images.device, images.dtype)
         if self.location == "fixed":
             y, x = self.fixed_origin(h, w)
             region = out[:, :, y : y + s, x : x + s]
-            region.copy_(
-                p.expand_as(region) if self.opacity == 1 else torch.lerp(region, p.expand_as(region), self.opacity)
-            )
+            if alpha is not None:  # a shape: X' = (1 - M) X + M T, M its anti-aliased mask times the opacity
+                region.copy_(torch.lerp(region, p.expand_as(region), alpha.expand_as(region)))
+            else:
+                region.copy_(
+                    p.expand_as(region) if self.opacity == 1 else torch.lerp(region, p.expand_as(region), self.opacity)
+                )
             return out
         ys, xs = self.origins(h, w, s, indices, images.device, annotations)
         # gather-free paste: a per-sample window of pixel coordinates
@@ -224,7 +281,9 @@ class PatchTrigger(PatternSource, Trigger):
         bi = torch.arange(b, device=images.device)[:, None, None]
         region = out[bi, :, rows[:, :, None], cols[:, None, :]]  # (B, s, s, C)
         pat = p.permute(1, 2, 0).expand_as(region)
-        out[bi, :, rows[:, :, None], cols[:, None, :]] = (
-            pat if self.opacity == 1 else torch.lerp(region, pat, self.opacity)
-        )
+        if alpha is not None:
+            pasted = torch.lerp(region, pat, alpha.permute(1, 2, 0).expand_as(region))
+        else:
+            pasted = pat if self.opacity == 1 else torch.lerp(region, pat, self.opacity)
+        out[bi, :, rows[:, :, None], cols[:, None, :]] = pasted
         return out
