@@ -169,7 +169,7 @@ class PatchTrigger(PatternSource, Trigger):
         self.pattern, self.size, self.location = pattern, float(size), location
         self.center, self.opacity, self.seed = (cx, cy), float(opacity), int(seed)
         self._set_source(pattern, pattern_pixels)
-        self._cache: dict[tuple[Any, ...], Tensor] = {}
+        self._cache: dict[tuple[Any, ...], Tensor] = {}  # patches and shape masks per image size
 
     def params(self) -> dict[str, Any]:
         return {
@@ -196,9 +196,18 @@ class PatchTrigger(PatternSource, Trigger):
         return self._cache[key]
 
     def alpha(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
-        """(1, s, s) how much of the pattern each patch pixel takes (shape mask times opacity), or None: opaque."""
-        mask = self.square_mask(self.side(height, width))
-        return None if mask is None else (mask * self.opacity).to(device=device, dtype=dtype)
+        """(1, s, s) how much of the pattern each patch pixel takes (shape mask times opacity), or None: opaque.
+
+        Cached beside the patch: a trigger is applied to every poisoned batch.
+        """
+        if self.pattern not in SHAPED_PATTERNS or self._source is not None:
+            return None
+        key = ("alpha", height, width, str(device), dtype)
+        if key not in self._cache:
+            mask = self.square_mask(self.side(height, width))
+            assert mask is not None  # a shaped built-in pattern
+            self._cache[key] = (mask * self.opacity).to(device=device, dtype=dtype)
+        return self._cache[key]
 
     def fixed_origin(self, height: int, width: int) -> tuple[int, int]:
         """Top-left (y, x) of the fixed patch, clamped so the patch stays inside."""
