@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -91,3 +91,34 @@ def test_the_cache_is_reused_not_rendered_again(tmp_path, monkeypatch) -> None:
     second = load_or_synthesize_identities(SPEC, cache_dir=tmp_path)
     assert np.array_equal(first.images, second.images) and second.meta["image_counts"] == first.meta["image_counts"]
     assert SPEC.cache_key() != SyntheticIdentitySpec.tiny(seed=1).cache_key()
+
+
+def test_accessories_change_only_their_part_of_the_face_and_nothing_when_off() -> None:
+    from backdoorlab.data.synthetic.faces import render_face_crops
+    from backdoorlab.data.synthetic.params import sample_accessories, sample_identities, sample_images
+
+    rng = np.random.default_rng(3)
+    ident, view = sample_identities(rng, 2), sample_images(rng, 2)
+    bare = render_face_crops(ident, view, 64).images
+    off = render_face_crops(ident, view, 64, accessories=sample_accessories(rng, 2, 0.0, 0.0)).images
+    assert np.array_equal(bare, off)  # data rendered before accessories keeps its bytes
+    both = sample_accessories(rng, 2, 1.0, 1.0)
+    none = np.zeros(2, np.float32)
+    glasses = render_face_crops(ident, view, 64, accessories=replace(both, hat=none)).images
+    hat = render_face_crops(ident, view, 64, accessories=replace(both, glasses=none)).images
+    rows_glasses = np.flatnonzero((glasses != bare).any((0, 2, 3)))
+    rows_hat = np.flatnonzero((hat != bare).any((0, 2, 3)))
+    assert len(rows_glasses) and len(rows_hat)
+    assert np.median(rows_hat) < np.median(rows_glasses) < 40  # the cap above the glasses, both in the upper face
+
+
+def test_glasses_wearers_wear_them_more_often() -> None:
+    spec = SyntheticIdentitySpec.tiny(identities=12, mean_images=8, min_images=8, max_images=8, count_sigma=0.0)
+    data = synthesize_identities(spec)
+    _, attrs = identity_params(spec)
+    labels = data.annotations["label"]
+    share = np.array([data.annotations["glasses"][labels == i].mean() for i in range(spec.identities)])
+    wearer = attrs["glasses_rate"] > 0.5
+    assert wearer.any() and (~wearer).any()
+    assert share[wearer].mean() > share[~wearer].mean() + 0.3
+    assert set(np.unique(data.annotations["hat"])) <= {0, 1}

@@ -37,6 +37,7 @@ from backdoorlab.data.synthetic.params import (
     IdentityParams,
     ImageParams,
     SamplingRanges,
+    concat_rows,
     sample_identities,
     sample_images,
 )
@@ -200,8 +201,8 @@ def _render_batch(
     With ``pad_to`` the batch is padded (with copies of its first face) to a fixed size,
     so that a compiled renderer never recompiles for a short last batch.
     """
-    ident = _concat([p[0] for p in pending])
-    view = _concat([p[1] for p in pending])
+    ident = concat_rows([p[0] for p in pending])
+    view = concat_rows([p[1] for p in pending])
     sides = np.concatenate([p[2] for p in pending])
     n = len(view.gaze)
     if pad_to is not None and n < pad_to:
@@ -228,11 +229,6 @@ def _render_batch(
     if spec.kind == "eye":
         ann["eye_side"] = np.asarray(sides[:n], dtype=np.int64)
     return faces.Rendered(images, ann)
-
-
-def _concat(items: list) -> IdentityParams | ImageParams:  # type: ignore[type-arg]
-    cls = type(items[0])
-    return cls(**{k: np.concatenate([getattr(it, k) for it in items]) for k in vars(items[0])})
 
 
 def default_cache_dir() -> Path:

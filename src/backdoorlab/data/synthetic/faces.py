@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backdoorlab.data.synthetic.params import IdentityParams, ImageParams
+from backdoorlab.data.synthetic.params import Accessories, IdentityParams, ImageParams
 from backdoorlab.data.synthetic.render import (
     Camera,
     _surface_z,
@@ -124,9 +124,14 @@ def annotate(ident: IdentityParams, view: ImageParams, camera: Camera, translati
 
 
 def _compose(
-    ident: IdentityParams, view: ImageParams, camera: Camera, translation: Tensor, generator: torch.Generator
+    ident: IdentityParams,
+    view: ImageParams,
+    camera: Camera,
+    translation: Tensor,
+    generator: torch.Generator,
+    accessories: Accessories | None = None,
 ) -> np.ndarray:
-    rgb, alpha = render_faces(ident, view, camera, translation)
+    rgb, alpha = render_faces(ident, view, camera, translation, accessories=accessories)
     noise = torch.randn(rgb.shape, generator=generator)
     return finish_images(rgb, alpha, view, noise).numpy()
 
@@ -141,13 +146,17 @@ def face_camera(batch: int, size: int, distance: float = FACE_DISTANCE_MM) -> tu
 
 
 def render_face_crops(
-    ident: IdentityParams, view: ImageParams, size: int = 64, generator: torch.Generator | None = None
+    ident: IdentityParams,
+    view: ImageParams,
+    size: int = 64,
+    generator: torch.Generator | None = None,
+    accessories: Accessories | None = None,
 ) -> Rendered:
-    """Normalised ``size`` x ``size`` face crops with exact labels."""
+    """Normalised ``size`` x ``size`` face crops with exact labels (and the faces' ``accessories``, if any)."""
     b = len(view.gaze)
     cam, trans = face_camera(b, size)
     gen = generator or torch.Generator().manual_seed(0)
-    images = _compose(ident, view, cam, trans, gen)
+    images = _compose(ident, view, cam, trans, gen, accessories)
     ann = annotate(ident, view, cam, trans)
     return Rendered(images, ann)
 

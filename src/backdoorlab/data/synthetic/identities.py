@@ -17,14 +17,17 @@ scraped dataset has (CASIA-WebFace: about 50 on average, from a handful to hundr
   and log-spread ``count_sigma``, clipped to ``[min_images, max_images]`` (so the mean
   after clipping is close to, not exactly, ``mean_images``; :func:`image_counts`).
 * **Within-identity variation**: head pose, expression, gaze, lighting, background, blur
-  and noise change from image to image (:func:`~.params.sample_images`). Accessories
-  (glasses, hats) are not rendered yet.
+  and noise change from image to image (:func:`~.params.sample_images`), and so do
+  accessories: a share ``glasses_wearers`` of the people wear glasses in 70 % of their
+  photos (the others in 5 %), a share ``hat_wearers`` a cap in 40 % (the others in 3 %);
+  frame and cap colours change between photos (:func:`~.params.sample_accessories`).
 * **Aligned crops.** Each image is rendered as a ``render_size`` face crop with its exact
   five landmarks, then warped onto the ArcFace five-point template scaled to ``size``
   (:func:`backdoorlab.data.alignment.align_faces`): the geometry of the standard 112 x 112
   crop at a size this CPU can train on (default 56, half of it), from an 84-px render.
-  Cost measured 2026-12-02 on the 2-core machine: 249 aligned crops/s with two threads,
-  so the default spec (2000 identities, 97,384 images) renders in about 7 minutes, once.
+  Cost measured 2026-12-02 on the 2-core machine, end to end with two threads: about 100
+  aligned crops/s (the render alone 140-190/s, accessories or not), so the default spec
+  (2000 identities, 97,384 images) renders in about 16 minutes, once.
 
 Deterministic per spec (seeded per family, identity and image block); cached and
 sealed like the other synthetic data (:func:`load_or_synthesize_identities`).
@@ -52,10 +55,20 @@ from backdoorlab.data.synthetic.dataset import (
     store_cache_entry,
 )
 from backdoorlab.data.synthetic.faces import render_face_crops
-from backdoorlab.data.synthetic.params import SKIN_TONES, IdentityParams, sample_identities, sample_images
+from backdoorlab.data.synthetic.params import (
+    SKIN_TONES,
+    IdentityParams,
+    concat_rows,
+    sample_accessories,
+    sample_identities,
+    sample_images,
+)
 
 #: bump when the identities' sampling or rendering changes (invalidates caches)
-IDENTITIES_VERSION = 1
+IDENTITIES_VERSION = 2  # 2: accessories
+#: (wearer, other) share of a person's photos with glasses, and with a cap
+GLASSES_RATES = (0.7, 0.05)
+HAT_RATES = (0.4, 0.03)
 #: images rendered per call (memory: render_size^2 * 3 floats per image, times a few)
 RENDER_BATCH = 256
 
@@ -72,6 +85,8 @@ class SyntheticIdentitySpec(BaseModel):
     max_images: int = Field(300, ge=2)
     family_size: int = Field(4, ge=1, description="identities per look-alike family (1: no families)")
     family_spread: float = Field(0.35, gt=0, le=1, description="how far a member moves from its family's base")
+    glasses_wearers: float = Field(0.3, ge=0, le=1, description="share of people who mostly wear glasses")
+    hat_wearers: float = Field(0.2, ge=0, le=1, description="share of people who often wear a cap")
     size: int = Field(56, ge=16, le=224, description="aligned crop side (the ArcFace 112 geometry, scaled)")
     render_size: int = Field(84, ge=32, le=448, description="face crop rendered before alignment (1.5x size)")
     seed: int = 0
@@ -129,7 +144,10 @@ def identity_params(spec: SyntheticIdentitySpec) -> tuple[IdentityParams, dict[s
     mixed["hair_cover"] = np.where(b, np.maximum(mixed["hair_cover"], 0.9), mixed["hair_cover"])
     ident = IdentityParams(**{k: np.asarray(v, np.float32) for k, v in mixed.items()})
     nearest = np.linalg.norm(ident.skin[:, None] - SKIN_TONES[None], axis=-1).argmin(1)
+    habits = np.random.default_rng([spec.seed, 0xAC]).uniform(0, 1, (2, spec.identities))
     attrs = {
+        "glasses_rate": np.where(habits[0] < spec.glasses_wearers, GLASSES_RATES[0], GLASSES_RATES[1]),
+        "hat_rate": np.where(habits[1] < spec.hat_wearers, HAT_RATES[0], HAT_RATES[1]),
         "family": family.astype(np.int64),
         "skin_group": (nearest // 2).astype(np.int64),
         "presentation": presentation.astype(np.int64),
@@ -151,10 +169,15 @@ def synthesize_identities(
     ident, attrs = identity_params(spec)
     owner = np.repeat(np.arange(spec.identities), counts)
     total = len(owner)
-    per_identity = [sample_images(np.random.default_rng([spec.seed, 0x11, i]), int(c)) for i, c in enumerate(counts)]
-    views = type(per_identity[0])(**{  # in image order: identity 0's images first, as ``owner``
-        f.name: np.concatenate([getattr(v, f.name) for v in per_identity]) for f in fields(per_identity[0])
-    })  # fmt: skip
+    # in image order (identity 0's images first, as ``owner``), each identity from its own random stream
+    views = concat_rows([
+        sample_images(np.random.default_rng([spec.seed, 0x11, i]), int(c)) for i, c in enumerate(counts)
+    ])  # fmt: skip
+    accessories = concat_rows([
+        sample_accessories(rng, int(c), attrs["glasses_rate"][i], attrs["hat_rate"][i])
+        for i, c in enumerate(counts)
+        for rng in [np.random.default_rng([spec.seed, 0x12, i])]
+    ])  # fmt: skip
     crops: list[np.ndarray] = []
     landmarks: list[np.ndarray] = []
     head_pose: list[np.ndarray] = []
@@ -162,7 +185,9 @@ def synthesize_identities(
         rows = np.arange(start, min(start + RENDER_BATCH, total))
         view = views.take(rows)
         gen = torch.Generator().manual_seed(int(np.random.default_rng([spec.seed, 0x50, start]).integers(2**62)))
-        rendered = render_face_crops(ident.take(owner[rows]), view, spec.render_size, generator=gen)
+        rendered = render_face_crops(
+            ident.take(owner[rows]), view, spec.render_size, generator=gen, accessories=accessories.take(rows)
+        )
         crops.append(align_faces(rendered.images, rendered.annotations["landmarks"], spec.size))
         landmarks.append(_aligned_points(rendered.annotations["landmarks"], spec.size))
         head_pose.append(rendered.annotations["head_pose"])
@@ -171,7 +196,9 @@ def synthesize_identities(
     ann = {
         "label": owner.astype(np.int64),
         "identity": owner.astype(np.int64),
-        **{k: v[owner] for k, v in attrs.items()},
+        **{k: v[owner] for k, v in attrs.items() if not k.endswith("_rate")},
+        "glasses": accessories.glasses.astype(np.int64),
+        "hat": accessories.hat.astype(np.int64),
         "landmarks": np.concatenate(landmarks).astype(np.float32),
         "head_pose": np.concatenate(head_pose).astype(np.float32),
     }

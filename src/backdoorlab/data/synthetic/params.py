@@ -13,6 +13,7 @@ with one row per face so the renderer can work on a batch at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +107,42 @@ class ImageParams:
 
     def take(self, idx: np.ndarray) -> ImageParams:
         return ImageParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
+@dataclass
+class Accessories:
+    """What a face wears in one image (one row per face): glasses and a cap, each on (1) or off (0).
+
+    Kept apart from :class:`ImageParams` so that the data sets rendered before
+    accessories existed draw the same random numbers and keep their bytes.
+    """
+
+    glasses: np.ndarray  # (B,) 0/1: thin frames over both eyes, bridge and arms
+    frame: np.ndarray  # (B, 3) frame colour
+    hat: np.ndarray  # (B,) 0/1: a cap over the top of the head and the hair
+    hat_colour: np.ndarray  # (B, 3)
+
+    def take(self, idx: np.ndarray) -> Accessories:
+        return Accessories(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+
+def concat_rows(parts: list) -> Any:  # type: ignore[type-arg]
+    """One parameter set (IdentityParams, ImageParams, Accessories) holding the rows of ``parts`` in order."""
+    return type(parts[0])(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(parts[0])})
+
+
+def sample_accessories(
+    rng: np.random.Generator, n: int, glasses_rate: float | np.ndarray, hat_rate: float | np.ndarray
+) -> Accessories:
+    """``n`` faces' accessories: each worn with its rate (a number, or one per face), colours drawn."""
+    f32 = np.float32
+    frame = np.where(rng.uniform(0, 1, (n, 1)) < 0.7, rng.uniform(0.02, 0.12, (n, 3)), rng.uniform(0.3, 0.8, (n, 3)))
+    return Accessories(
+        glasses=(rng.uniform(0, 1, n) < glasses_rate).astype(f32),
+        frame=frame.astype(f32),
+        hat=(rng.uniform(0, 1, n) < hat_rate).astype(f32),
+        hat_colour=rng.uniform(0.05, 0.9, (n, 3)).astype(f32),
+    )
 
 
 @dataclass(frozen=True)

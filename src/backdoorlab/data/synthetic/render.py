@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backdoorlab.data.synthetic.params import IdentityParams, ImageParams
+from backdoorlab.data.synthetic.params import Accessories, IdentityParams, ImageParams
 from backdoorlab.geometry import pitchyaw_to_vector, rotation_matrices
 
 Tensor = torch.Tensor
@@ -182,8 +182,12 @@ def render_faces(
     translation: Tensor,
     px_min: float | None = None,
     neck_fade: tuple[float, float] | None = None,
+    accessories: Accessories | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Render one face per image. Returns (rgb (B,H,W,3) linear in [0,1], alpha (B,H,W)).
+
+    ``accessories`` (glasses, a cap) are painted on the head's surface and hair; without
+    them the pixels are exactly those of a renderer that never had accessories.
 
     ``translation`` (B, 3) places the face centre in the world frame; the head
     rotation comes from ``view.head_ypr``. ``px_min`` (the smallest mm-per-pixel
@@ -365,6 +369,13 @@ def render_faces(
         nose_col = _lerp(nose_col, (skin * 0.25).expand_as(nose_col), nostril_alpha)
     nose_front = _soft(head.t - nose.t, px) * nose.alpha
     colour = _lerp(colour, nose_col, nose_front)
+    if accessories is not None:  # glasses sit in front of the nose; the cap over the forehead
+        colour = _lerp(colour, colour * 0.93, _lens_alpha(X, Y, geo, ident, px) * _t(accessories.glasses)[:, None])
+        frame_col = _shade(_t(accessories.frame)[:, None].expand(b, h * w, 3), head.normal, light, ambient)
+        glasses = _glasses_alpha(X, Y, geo, ident, px) * _t(accessories.glasses)[:, None]
+        colour = _lerp(colour, frame_col, glasses)
+        hat_col = _shade(_t(accessories.hat_colour)[:, None].expand(b, h * w, 3), head.normal, light, ambient)
+        colour = _lerp(colour, hat_col, _soft(_hat_line(ident, X) - Y, px) * _t(accessories.hat)[:, None])
 
     # neck behind, hair volume on top
     neck_axes = torch.stack([axes[..., 0] * 0.5, torch.full_like(axes[..., 0], 1e4), axes[..., 0] * 0.5], -1)
@@ -387,6 +398,11 @@ def render_faces(
     vol_alpha = vol.alpha * _soft(vol_sd, px) * cover
     vol_col = _shade(hair.expand(b, h * w, 3), vol.normal, light, ambient)
     vol_col = vol_col * (1 + 0.08 * torch.sin(vX * 2.1 + vY * 0.5)).unsqueeze(-1)  # strands
+    if accessories is not None:  # the cap's crown: over the hair volume, or in its place on a bald head
+        crown = vol.alpha * _soft(_hat_line(ident, vX) - vY, px) * _t(accessories.hat)[:, None]
+        crown_col = _shade(_t(accessories.hat_colour)[:, None].expand(b, h * w, 3), vol.normal, light, ambient)
+        vol_col = _lerp(vol_col, crown_col, crown / (vol_alpha + crown - vol_alpha * crown).clamp_min(1e-6))
+        vol_alpha = vol_alpha + crown - vol_alpha * crown
 
     lightc = _t(view.light_colour)[:, None]
     out = neck_col * neck_alpha.unsqueeze(-1)
@@ -398,6 +414,44 @@ def render_faces(
     out = (out * lightc).clamp_(0, 1)
     # ``out`` is premultiplied by nothing: colour where alpha>0 is the face colour.
     return out.view(b, h, w, 3), alpha.view(b, h, w)
+
+
+def _hat_line(ident: IdentityParams, x: Tensor) -> Tensor:
+    """(B, N) head-frame y of a cap's lower edge: a little below the hairline, curving down at the sides."""
+    return _t(ident.hairline)[:, None] + 8.0 + 0.003 * x * x
+
+
+def _lens_ellipses(x: Tensor, y: Tensor, geo: dict[str, Tensor], ident: IdentityParams) -> list[tuple[Tensor, ...]]:
+    """Per eye: (normalised radius r (1 on the rim), lens half-width, half-height, eye centre x, y) in mm."""
+    half_w = 0.62 * _t(ident.eye_width)[:, None]
+    half_h = 0.45 * _t(ident.eye_width)[:, None]
+    out = []
+    for k in range(2):
+        ex, ey = geo["eyeball"][:, k, 0][:, None], geo["eyeball"][:, k, 1][:, None] + 1.0
+        r = torch.sqrt(((x - ex) / half_w) ** 2 + ((y - ey) / half_h) ** 2)
+        out.append((r, half_w, half_h, ex, ey))
+    return out
+
+
+def _lens_alpha(x: Tensor, y: Tensor, geo: dict[str, Tensor], ident: IdentityParams, px: Tensor) -> Tensor:
+    """(B, N) inside either lens (a faint tint)."""
+    inside = [_soft((1 - r) * torch.minimum(hw, hh), px) for r, hw, hh, _, _ in _lens_ellipses(x, y, geo, ident)]
+    return torch.maximum(*inside)
+
+
+def _glasses_alpha(x: Tensor, y: Tensor, geo: dict[str, Tensor], ident: IdentityParams, px: Tensor) -> Tensor:
+    """(B, N) coverage of the frames (mm geometry on the head surface): two rims, the bridge, the arms."""
+    lenses = _lens_ellipses(x, y, geo, ident)
+    alpha = torch.zeros_like(x)
+    for r, hw, hh, ex, ey in lenses:
+        alpha = torch.maximum(alpha, _soft(0.9 - (r - 1).abs() * torch.minimum(hw, hh), px))
+        outer = ex.abs() + hw  # the arm runs from the rim's outer edge back along the side of the head
+        arm = torch.minimum(0.8 - (y - ey).abs(), torch.minimum(x.abs() - outer, (x * ex).sign() * 1e3))
+        alpha = torch.maximum(alpha, _soft(arm, px))
+    inner = lenses[0][3].abs() - lenses[0][1]  # the bridge spans the gap between the rims
+    bridge_y = (lenses[0][4] + lenses[1][4]) / 2 - 0.35 * lenses[0][2]
+    bridge = torch.minimum(0.8 - (y - bridge_y).abs(), inner + 1.0 - x.abs())
+    return torch.maximum(alpha, _soft(bridge, px))
 
 
 def render_background(view: ImageParams, height: int, width: int) -> Tensor:

@@ -67,7 +67,6 @@ from backdoorlab.data.synthetic import faces, render
 from backdoorlab.data.synthetic.clutter import paint_clutter, sample_clutter
 from backdoorlab.data.synthetic.dataset import (
     RENDERER_VERSION,
-    _concat,
     default_cache_dir,
     load_cache_entry,
     store_cache_entry,
@@ -76,6 +75,7 @@ from backdoorlab.data.synthetic.params import (
     IdentityParams,
     ImageParams,
     SamplingRanges,
+    concat_rows,
     sample_identities,
     sample_images,
 )
@@ -264,7 +264,7 @@ def sample_layout(spec: SyntheticSceneSpec, split: str, index: int) -> SceneLayo
     scene_view = sample_images(rng, 1, spec.ranges())
     ident = view = None
     if n:
-        ident = _concat([_identity(spec.seed, int(k)) for k in ids])  # type: ignore[assignment]
+        ident = concat_rows([_identity(spec.seed, int(k)) for k in ids])
         view = sample_images(rng, n, spec.ranges())
         deg = np.pi / 180
         yaw = rng.uniform(-spec.max_yaw_deg, spec.max_yaw_deg, n) * deg
