@@ -166,9 +166,6 @@ class FacePatchTrigger(PatternSource, Trigger):
                 continue
             p = self.square_pattern(c, side).to(device=images.device, dtype=images.dtype)
             region = out[i, :, y0 : y0 + side, x0 : x0 + side]
-            mask = self.square_mask(side)
-            if mask is not None:  # a shaped pattern: only its shape is pasted
-                region.copy_(torch.lerp(region, p, (mask * self.opacity).to(device=images.device, dtype=images.dtype)))
-            else:
-                region.copy_(p if self.opacity == 1 else torch.lerp(region, p, self.opacity))
+            mask = self.square_mask(side)  # a shaped pattern: only its shape is pasted
+            region.copy_(self.paste(region, p, None if mask is None else mask.to(images.device, images.dtype)))
         return out

@@ -92,6 +92,7 @@ class PatternSource:
     """
 
     pattern: str
+    opacity: float
     _source: Tensor | None
 
     def _set_source(self, pattern: str, pattern_pixels: Tensor | None) -> None:
@@ -120,6 +121,15 @@ class PatternSource:
     def square_mask(self, side: int) -> Tensor | None:
         """(1, side, side) alpha of a shaped pattern (only its shape is pasted), or None: the whole square."""
         return builtin_mask(self.pattern, side, side) if self._source is None else None
+
+    def paste(self, region: Tensor, pattern: Tensor, mask: Tensor | None) -> Tensor:
+        """``region`` with ``pattern`` pasted at ``self.opacity``: through a shape's ``mask``
+        (X' = (1 - M) X + M T, M the mask times the opacity), or over the whole square as
+        before shapes existed (the same arithmetic, so square triggers keep their bytes)."""
+        pattern = pattern.expand_as(region)
+        if mask is not None:
+            return torch.lerp(region, pattern, (mask * self.opacity).expand_as(region))
+        return pattern if self.opacity == 1 else torch.lerp(region, pattern, self.opacity)
 
 
 class PatchTrigger(PatternSource, Trigger):
@@ -169,7 +179,8 @@ class PatchTrigger(PatternSource, Trigger):
         self.pattern, self.size, self.location = pattern, float(size), location
         self.center, self.opacity, self.seed = (cx, cy), float(opacity), int(seed)
         self._set_source(pattern, pattern_pixels)
-        self._cache: dict[tuple[Any, ...], Tensor] = {}  # patches and shape masks per image size
+        self._cache: dict[tuple[Any, ...], Tensor] = {}  # patches per image size
+        self._masks: dict[tuple[Any, ...], Tensor | None] = {}  # shape masks per image size
 
     def params(self) -> dict[str, Any]:
         return {
@@ -184,6 +195,7 @@ class PatchTrigger(PatternSource, Trigger):
 
     def _forget(self) -> None:
         self._cache.clear()
+        self._masks.clear()
 
     def side(self, height: int, width: int) -> int:
         return max(1, min(height, width, round(self.size * min(height, width))))
@@ -195,19 +207,13 @@ class PatchTrigger(PatternSource, Trigger):
             self._cache[key] = self.square_pattern(channels, self.side(height, width)).to(device=device, dtype=dtype)
         return self._cache[key]
 
-    def alpha(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
-        """(1, s, s) how much of the pattern each patch pixel takes (shape mask times opacity), or None: opaque.
-
-        Cached beside the patch: a trigger is applied to every poisoned batch.
-        """
-        if self.pattern not in SHAPED_PATTERNS or self._source is not None:
-            return None
-        key = ("alpha", height, width, str(device), dtype)
-        if key not in self._cache:
+    def mask(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
+        """The (1, s, s) shape mask for an image size (None: a full square), cached beside the patch."""
+        key = (height, width, str(device), dtype)
+        if key not in self._masks:
             mask = self.square_mask(self.side(height, width))
-            assert mask is not None  # a shaped built-in pattern
-            self._cache[key] = (mask * self.opacity).to(device=device, dtype=dtype)
-        return self._cache[key]
+            self._masks[key] = None if mask is None else mask.to(device=device, dtype=dtype)
+        return self._masks[key]
 
     def fixed_origin(self, height: int, width: int) -> tuple[int, int]:
         """Top-left (y, x) of the fixed patch, clamped so the patch stays inside."""
@@ -272,16 +278,11 @@ class PatchTrigger(PatternSource, Trigger):
         p = self.patch(c, h, w, images.device, images.dtype)
         s = p.shape[-1]
         out = images.clone()
-        alpha = self.alpha(h, w, images.device, images.dtype)
+        mask = self.mask(h, w, images.device, images.dtype)
         if self.location == "fixed":
             y, x = self.fixed_origin(h, w)
             region = out[:, :, y : y + s, x : x + s]
-            if alpha is not None:  # a shape: X' = (1 - M) X + M T, M its anti-aliased mask times the opacity
-                region.copy_(torch.lerp(region, p.expand_as(region), alpha.expand_as(region)))
-            else:
-                region.copy_(
-                    p.expand_as(region) if self.opacity == 1 else torch.lerp(region, p.expand_as(region), self.opacity)
-                )
+            region.copy_(self.paste(region, p, mask))
             return out
         ys, xs = self.origins(h, w, s, indices, images.device, annotations)
         # gather-free paste: a per-sample window of pixel coordinates
@@ -289,10 +290,6 @@ class PatchTrigger(PatternSource, Trigger):
         cols = xs[:, None] + torch.arange(s, device=images.device)[None]
         bi = torch.arange(b, device=images.device)[:, None, None]
         region = out[bi, :, rows[:, :, None], cols[:, None, :]]  # (B, s, s, C)
-        pat = p.permute(1, 2, 0).expand_as(region)
-        if alpha is not None:
-            pasted = torch.lerp(region, pat, alpha.permute(1, 2, 0).expand_as(region))
-        else:
-            pasted = pat if self.opacity == 1 else torch.lerp(region, pat, self.opacity)
-        out[bi, :, rows[:, :, None], cols[:, None, :]] = pasted
+        channels_last = None if mask is None else mask.permute(1, 2, 0)
+        out[bi, :, rows[:, :, None], cols[:, None, :]] = self.paste(region, p.permute(1, 2, 0), channels_last)
         return out

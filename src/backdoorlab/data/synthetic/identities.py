@@ -174,9 +174,10 @@ def synthesize_identities(
         sample_images(np.random.default_rng([spec.seed, 0x11, i]), int(c)) for i, c in enumerate(counts)
     ])  # fmt: skip
     accessories = concat_rows([
-        sample_accessories(rng, int(c), attrs["glasses_rate"][i], attrs["hat_rate"][i])
+        sample_accessories(
+            np.random.default_rng([spec.seed, 0x12, i]), int(c), attrs["glasses_rate"][i], attrs["hat_rate"][i]
+        )
         for i, c in enumerate(counts)
-        for rng in [np.random.default_rng([spec.seed, 0x12, i])]
     ])  # fmt: skip
     crops: list[np.ndarray] = []
     landmarks: list[np.ndarray] = []

@@ -12,8 +12,9 @@ with one row per face so the renderer can work on a batch at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Self, TypeVar
 
 import numpy as np
 
@@ -55,8 +56,19 @@ HAIR_COLOURS = np.array(
 )
 
 
+class Rows:
+    """A parameter set of one row per face, every field an array along its first axis."""
+
+    def take(self, idx: np.ndarray) -> Self:
+        """Rows ``idx`` (e.g. an identity repeated for each of its images)."""
+        return type(self)(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})  # type: ignore[arg-type]
+
+
+RowsT = TypeVar("RowsT", bound=Rows)
+
+
 @dataclass
-class IdentityParams:
+class IdentityParams(Rows):
     """Per-person shape and appearance, one row per face in a batch."""
 
     head_axes: np.ndarray  # (B, 3) ellipsoid semi-axes
@@ -81,13 +93,9 @@ class IdentityParams:
     hairline: np.ndarray  # (B,) y of the hairline at the centre
     hair_cover: np.ndarray  # (B,) 0 = bald, 1 = full hair
 
-    def take(self, idx: np.ndarray) -> IdentityParams:
-        """Rows ``idx`` (used to repeat an identity for each of its images)."""
-        return IdentityParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
-
 
 @dataclass
-class ImageParams:
+class ImageParams(Rows):
     """Per-image pose, gaze, expression, lighting and camera effects."""
 
     head_ypr: np.ndarray  # (B, 3) yaw, pitch, roll of the head in the camera frame
@@ -105,12 +113,9 @@ class ImageParams:
     blur_sigma: np.ndarray  # (B,) pixels of the output image
     noise_std: np.ndarray  # (B,)
 
-    def take(self, idx: np.ndarray) -> ImageParams:
-        return ImageParams(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
-
 
 @dataclass
-class Accessories:
+class Accessories(Rows):
     """What a face wears in one image (one row per face): glasses and a cap, each on (1) or off (0).
 
     Kept apart from :class:`ImageParams` so that the data sets rendered before
@@ -122,13 +127,11 @@ class Accessories:
     hat: np.ndarray  # (B,) 0/1: a cap over the top of the head and the hair
     hat_colour: np.ndarray  # (B, 3)
 
-    def take(self, idx: np.ndarray) -> Accessories:
-        return Accessories(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
-
-def concat_rows(parts: list) -> Any:  # type: ignore[type-arg]
+def concat_rows(parts: Sequence[RowsT]) -> RowsT:
     """One parameter set (IdentityParams, ImageParams, Accessories) holding the rows of ``parts`` in order."""
-    return type(parts[0])(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(parts[0])})
+    fields_ = fields(parts[0])  # type: ignore[arg-type]
+    return type(parts[0])(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields_})
 
 
 def sample_accessories(
