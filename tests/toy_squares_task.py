@@ -203,6 +203,7 @@ class SquaresTask(Task):
         relabel: Relabel,
         settings: BaseModel,
         placements: Sequence[Placement | None] = (),
+        clean_predictions: Any = None,
     ) -> AttackScore:
         assert isinstance(settings, SquaresAttackSettings)
         trigger_boxes = torch.cat([p.boxes for p in placements if p is not None]).numpy()

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("triggers", "models", "report"),
     ("attacks",),
     ("tasks",),
-    ("training",),
+    ("training", "frozen_trunk"),
     ("defenses",),
     ("experiments",),
     ("cli",),

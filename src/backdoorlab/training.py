@@ -50,6 +50,8 @@ class TrainSettings:
     # BatchNorm layers stay in eval mode (running statistics used and kept): for fine-tuning a
     # trained model on a few, unusual batches (defences) without moving its statistics
     freeze_batchnorm: bool = False
+    # the task's augmentation (off when the samples are not images: cached trunk features)
+    augment: bool = True
 
 
 @dataclass
@@ -156,7 +158,8 @@ def train(
             for b in range(steps_per_epoch):
                 idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
                 images, ann = data.batch(idx)
-                images, ann = task.augment(images, ann, idx, epoch, settings.seed)  # before poisoning
+                if settings.augment:
+                    images, ann = task.augment(images, ann, idx, epoch, settings.seed)  # before poisoning
                 if batch_transform is not None:
                     images, ann = batch_transform(images, ann, idx)
                 target = to_device(task.collate(ann), dev)

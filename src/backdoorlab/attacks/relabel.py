@@ -11,6 +11,9 @@ class is all the generic layers know of it:
   sample (:class:`~backdoorlab.triggers.base.Placement`); a relabel that reads it sets
   ``needs_placement`` and is refused before training with a trigger that gives none.
 * :meth:`Relabel.params` (JSON) rebuilds it through :func:`build_relabel`.
+* a relabel that implies which samples it applies to (an impostor's) says so with
+  :meth:`Relabel.default_selector` and ``default_mode``, used when the attack section
+  names no selector or mode.
 
 How success is scored (what the attacker wants the model to output on a triggered
 input) belongs to the task: :meth:`backdoorlab.tasks.base.Task.score_attack`.
@@ -40,6 +43,8 @@ class Relabel(ABC):
     task: ClassVar[str] = ""
     #: True when :meth:`__call__` reads where the trigger landed (refused with a trigger giving none)
     needs_placement: ClassVar[bool] = False
+    #: the poisoning mode of an attack section that names none
+    default_mode: ClassVar[str] = "replace"
 
     @abstractmethod
     def __call__(self, annotations: Mapping[str, Any], placement: Placement | None = None) -> dict[str, Any]:
@@ -48,6 +53,13 @@ class Relabel(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """JSON parameters, ``name`` included: :func:`build_relabel` rebuilds the relabel from them."""
+
+    def default_selector(self) -> dict[str, Any] | None:
+        """The selector of an attack section that names none (None: a rate of all samples).
+
+        An impostor -> victim relabel selects the impostor's samples itself.
+        """
+        return None
 
     def check_data(self, data: ArrayDataset, where: str = "the training data") -> None:
         """Refuse, before training, data this relabel cannot act on (default: accept any).

@@ -176,6 +176,7 @@ def _schema_of(columns: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ..
 
 # --------------------------------------------------------------------- the table
 
+
 def _check_table(offsets: np.ndarray, columns: Mapping[str, Any]) -> None:
     """One DatasetError naming the first problem of offsets + columns (numpy arrays or tensors)."""
     problem = _offsets_problem(offsets)
@@ -184,6 +185,7 @@ def _check_table(offsets: np.ndarray, columns: Mapping[str, Any]) -> None:
         problem = next(filter(None, (_column_problem(k, v, m) for k, v in columns.items())), None)
     if problem is not None:
         raise DatasetError(problem)
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class InstanceTable:

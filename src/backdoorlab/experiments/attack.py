@@ -122,12 +122,15 @@ def evaluate_attack(
     settings: BaseModel,
     device: torch.device | str = "cpu",
     batch_size: int = 256,
+    clean_predictions: Any = None,
 ) -> AttackEvaluation:
     """Attack metrics of ``model`` on ``data`` with the trigger applied to every sample.
 
     The trigger is applied once per batch: its output feeds the model (through the
     task's forward and post-processing) and the image-quality measures; where it acted
-    (its placement) goes to the task's scoring for relabels that depend on it.
+    (its placement) goes to the task's scoring for relabels that depend on it. A task
+    that compares with the untriggered images (``attack_needs_clean_predictions``) gets
+    ``clean_predictions``, predicted here when the caller has none.
     """
     data.require(*task.required_annotations)
     placements: list[Any] = []
@@ -137,8 +140,8 @@ def evaluate_attack(
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(start + batch_size, len(data)))
             images, ann = data.batch(idx)
-            triggered, placement = trigger.place(images, ann, idx) if relabel.needs_placement else (
-                trigger(images, ann, idx), None
+            triggered, placement = (
+                trigger.place(images, ann, idx) if relabel.needs_placement else (trigger(images, ann, idx), None)
             )
             placements.append(placement)
             psnrs.append(psnr_db(images, triggered).clamp(max=IMAGE_QUALITY_PSNR_CAP_DB))
@@ -146,7 +149,11 @@ def evaluate_attack(
             yield triggered
 
     predictions = task.predict_batches(model, triggered_batches(), device)
-    score = task.score_attack(predictions, data, relabel, settings, [p for p in placements if p is not None])
+    if task.attack_needs_clean_predictions and clean_predictions is None:
+        clean_predictions = task.predict(model, data, batch_size, device)
+    score = task.score_attack(
+        predictions, data, relabel, settings, [p for p in placements if p is not None], clean_predictions
+    )
     psnr_all, ssim_all = torch.cat(psnrs).numpy(), torch.cat(ssims).numpy()
     metrics = {**score.metrics, "psnr_db": float(psnr_all.mean()), "ssim": float(ssim_all.mean())}
     return AttackEvaluation(metrics, predictions, {**score.details, "predictions": predictions}, psnr_all, ssim_all)

@@ -14,13 +14,16 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from backdoorlab.errors import BackdoorLabError, ConfigError
 from backdoorlab.registry import MODELS, TASKS
+
+if TYPE_CHECKING:
+    from backdoorlab.tasks.base import Task
 
 # Settings added after stores were written: left out of the config hash while they hold the
 # value that reproduces the earlier behaviour, so existing stores still resume.
@@ -30,6 +33,9 @@ HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("attack", "selector"): None,
     ("attack", "mode"): "replace",
     ("data", "verify"): True,
+    ("model", "init"): None,
+    ("train", "trainable"): "all",
+    ("task_options",): {},
 }
 
 
@@ -81,6 +87,9 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = Field("", description="a registered model (default: the task's default model)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    init: str | None = Field(
+        None, description="start from these weights: a run folder or a .safetensors file of the same architecture"
+    )
 
     @field_validator("name")
     @classmethod
@@ -97,6 +106,11 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(0.5, ge=0)
+    trainable: Literal["all", "last"] = Field(
+        "all",
+        description="train every layer, or only the model's LAST_LAYERS on its frozen trunk's features "
+        "(computed once and cached: a fine-tune in seconds)",
+    )
 
 
 class AdaptiveConfig(_Strict):
@@ -164,6 +178,14 @@ class AttackConfig(_Strict):
             out["relabel"] = dict(TASKS.get(task_name).default_relabel)
         if "relabel" not in out:
             raise ValueError("attack.relabel is required (a mapping with a 'name')")
+        if isinstance(out["relabel"], dict) and "name" in out["relabel"]:
+            try:  # a relabel that implies its samples (an impostor's) selects them unless told otherwise
+                implied = build_relabel(dict(out["relabel"]))
+            except ConfigError as exc:
+                raise ValueError(f"attack.relabel: {exc}") from None
+            if out.get("selector") is None and implied.default_selector() is not None:
+                out["selector"] = implied.default_selector()
+            out.setdefault("mode", implied.default_mode)
         if out.get("selector") is not None:
             from backdoorlab.attacks.selectors import build_selector
 
@@ -225,6 +247,9 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     attack: AttackConfig | None = Field(None, description="poison the training data (a backdoored run)")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="the task's own options (Task.options_model, every default filled in)"
+    )
     report_samples: int = Field(16, ge=0, le=256)
 
     @model_validator(mode="before")
@@ -252,11 +277,24 @@ class RunConfig(_Strict):
             except ValidationError as exc:
                 raise ValueError(_format_validation(exc, None, prefix="data.synthetic.")) from None
             self.data.__dict__["synthetic"] = spec.model_dump(mode="json")
+        try:
+            options = task.options_model.model_validate(self.task_options)
+        except ValidationError as exc:
+            raise ValueError(_format_validation(exc, None, prefix="task_options.")) from None
+        self.__dict__["task_options"] = options.model_dump(mode="json")
         if not self.model.name:
-            self.model.__dict__["name"] = task().default_model(1)[0]
+            name, kwargs = task().default_model(1)
+            self.model.__dict__["name"] = name
+            if not self.model.kwargs:  # the default model's own settings (the channels come from the data)
+                self.model.__dict__["kwargs"] = {k: v for k, v in kwargs.items() if k != "in_channels"}
         if self.attack is not None:
             self.attack.check_for_task(self.task)
         return self
+
+    def build_task(self) -> Task:
+        """The run's task, with its options."""
+        task = TASKS.get(self.task)
+        return task(task.options_model.model_validate(self.task_options))
 
     def synthetic_spec(self) -> BaseModel:
         """``data.synthetic`` as the task's typed spec."""
@@ -385,7 +423,7 @@ def validate_model(model: type[M], raw: Any, origin: str, context: dict[str, Any
 
 
 #: dotted keys of a run config that hold file or folder paths
-PATH_KEYS = ("data.path", "data.cache_dir", "attack.trigger.pattern")
+PATH_KEYS = ("data.path", "data.cache_dir", "attack.trigger.pattern", "model.init")
 _PATTERN_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 

@@ -37,14 +37,16 @@ import torch
 
 import backdoorlab
 from backdoorlab.attacks.adaptive import FeatureSignaturePenalty, angle_variance_ratio
-from backdoorlab.attacks.poisoning import write_attack_record
+from backdoorlab.attacks.poisoning import PoisonPlan, write_attack_record
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.masking import EyeMask
+from backdoorlab.data.synthetic.dataset import default_cache_dir
 from backdoorlab.errors import BackdoorLabError, ConfigError, RunClaimed, RunInterrupted
 from backdoorlab.experiments.attack import attack_settings, build_poisoning, evaluate_attack
 from backdoorlab.experiments.config import RunConfig
 from backdoorlab.experiments.folder_seal import STATUS_FILE, run_folder_problem, seal_run_folder, write_synced
 from backdoorlab.experiments.store import ResultsStore, keep_claim
+from backdoorlab.frozen_trunk import LastLayers, check_last_layers_contract, frozen_feature_set, load_initial_weights
 from backdoorlab.models import build_model, check_feature_head_contract, has_feature_head
 from backdoorlab.models.checkpoint import save_checkpoint, save_task_modules
 from backdoorlab.registry import TASKS
@@ -64,7 +66,7 @@ class RunOutcome:
 def load_data(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) for a config: the task's synthetic data or a real dataset, split by the task."""
     d = cfg.data
-    task = TASKS.get(cfg.task)()
+    task = cfg.build_task()
     if d.source == "synthetic":
         full = task.synthesize(cfg.synthetic_spec(), cache_dir=d.cache_dir)
     elif d.source == "folder":
@@ -253,7 +255,6 @@ def terminate_as_interrupt() -> Iterator[Interrupts]:
             signal.signal(s, handler)
 
 
-
 def _settings(cfg: RunConfig, progress: bool) -> TrainSettings:
     return TrainSettings(
         epochs=cfg.train.epochs,
@@ -267,8 +268,16 @@ def _settings(cfg: RunConfig, progress: bool) -> TrainSettings:
     )
 
 
+def _sources(n_clean: int, plan: PoisonPlan | None) -> np.ndarray:
+    """For each sample as trained, the clean training sample it was made from."""
+    own = np.arange(n_clean, dtype=np.int64)
+    if plan is None or plan.sources is None:
+        return own
+    return np.concatenate([own, plan.sources.astype(np.int64)])
+
+
 def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str, Any]:
-    task: Task = TASKS.get(cfg.task)()
+    task: Task = cfg.build_task()
     device = pick_device(cfg.device)
     t0 = time.perf_counter()
     train_ds, test_ds = load_data(cfg)
@@ -277,8 +286,11 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     kwargs = {"in_channels": in_channels, **cfg.model.kwargs}
     seed_everything(cfg.seed)
     model = build_model(cfg.model.name, **kwargs)
+    if cfg.model.init is not None:
+        load_initial_weights(model, cfg.model.init)
     modules = task.build_modules(model, train_ds)
     settings = _settings(cfg, progress)
+    clean_train = train_ds
     poisoning, transform, plan, regularizer = None, None, None, None
     adaptive = cfg.attack.adaptive if cfg.attack is not None else None
     if cfg.attack is not None:
@@ -296,6 +308,25 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
             regularizer = FeatureSignaturePenalty(plan, poisoning.trigger, adaptive.weight)
     if len(train_ds) < settings.batch_size:
         raise ConfigError(f"train.batch_size={settings.batch_size} exceeds the {len(train_ds)} training samples")
+    fitted, fit_data = model, train_ds
+    if cfg.train.trainable == "last":  # the last layers on the frozen trunk's cached features
+        if regularizer is not None:
+            raise ConfigError("attack.adaptive needs the whole model in training; it cannot use train.trainable: last")
+        fitted = LastLayers(model)
+        check_last_layers_contract(model, fitted, train_ds.batch(np.arange(min(2, len(train_ds))))[0])
+        fit_data = frozen_feature_set(
+            model,
+            clean_train,
+            train_ds,
+            _sources(len(clean_train), plan),
+            np.union1d(plan.poison, plan.cross) if plan is not None else np.zeros(0, np.int64),
+            transform,
+            device=device,
+            cache_dir=cfg.data.cache_dir or default_cache_dir(),
+            progress=progress,
+        )
+        transform = None
+        settings.augment = False
     history: list[dict[str, float]] = []
 
     def log_epoch(epoch: int, record: dict[str, float]) -> None:
@@ -304,9 +335,9 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
         (path / "history.json").write_text(json.dumps(history, indent=2))
 
     result = train(
-        model,
+        fitted,
         task,
-        train_ds,
+        fit_data,  # type: ignore[arg-type]
         settings,
         device=device,
         batch_transform=transform,
@@ -331,7 +362,7 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     if poisoning is not None and cfg.attack is not None and plan is not None:
         scoring = attack_settings(cfg.attack, task)
         attack_eval = evaluate_attack(
-            model, task, test_ds, poisoning.trigger, poisoning.relabel, scoring, device=device
+            model, task, test_ds, poisoning.trigger, poisoning.relabel, scoring, device=device, clean_predictions=preds
         )
         metrics.update(attack_eval.metrics, **{k: v for k, v in plan.summary().items() if k != "n_train"})
         if adaptive is not None or has_feature_head(model):

@@ -27,8 +27,7 @@ from backdoorlab.experiments.attack import AttackEvaluation, attack_settings, bu
 from backdoorlab.experiments.attack import load_run_config as _load_run_config
 from backdoorlab.experiments.config import AttackConfig, RunConfig
 from backdoorlab.experiments.run import load_data
-from backdoorlab.models.checkpoint import load_checkpoint, read_card
-from backdoorlab.registry import TASKS
+from backdoorlab.models.checkpoint import TASK_MODULES_FILE, load_checkpoint, read_card, read_state_dict
 from backdoorlab.tasks.base import Task
 from backdoorlab.triggers import Trigger, build_trigger
 
@@ -65,7 +64,12 @@ class Run:
 
     @cached_property
     def task(self) -> Task:
-        return TASKS.get(self.config.task)()
+        """The run's task, with the modules it trained beside the model restored (a margin head)."""
+        task = self.config.build_task()
+        saved = self.folder / TASK_MODULES_FILE
+        if saved.is_file():
+            task.restore_modules(read_state_dict(saved))
+        return task
 
     @cached_property
     def card(self) -> dict[str, Any]:

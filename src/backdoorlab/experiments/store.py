@@ -100,6 +100,7 @@ def lease_seconds() -> float:
     """
     return float(os.environ.get("BACKDOORLAB_LEASE_SECONDS", "600"))
 
+
 # Keys ignored by :func:`settings_hash`: where a defence ran does not change what it concludes.
 IGNORED_SETTINGS = frozenset({"device"})
 

@@ -98,5 +98,3 @@ def prepare_extra_sections(sections: Sequence[Mapping[str, Any]] | None) -> list
             }
         )
     return out
-
-

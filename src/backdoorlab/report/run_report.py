@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from markupsafe import escape
+
 from backdoorlab import __version__
 from backdoorlab.report.html import format_value, load_report_template, prepare_extra_sections, write_html_atomically
 
@@ -47,3 +49,20 @@ def write_run_report(
 ) -> Path:
     """Write the page atomically (a reader never sees half of it); return its path."""
     return write_html_atomically(path, render_run_report(title, summary, sections, config_text))
+
+
+def table_section(
+    table: Mapping[str, Mapping[str, Any]], columns: Sequence[tuple[str, str]], note: str
+) -> dict[str, Any]:
+    """The results table as an HTML section (``columns``: (metric key, header); a missing value is a dash)."""
+
+    def cell(v: Any) -> str:
+        return "&ndash;" if v is None else str(escape(format_value(v)))
+
+    head = "".join(f"<th>{escape(label)}</th>" for _, label in columns)
+    body = "".join(
+        f"<tr><td>{escape(name)}</td>" + "".join(f"<td>{cell(row.get(key))}</td>" for key, _ in columns) + "</tr>"
+        for name, row in table.items()
+    )
+    table_html = f"<table><tr><th>model</th>{head}</tr>{body}</table>"
+    return {"title": "Results", "html": f"{table_html}<p>{escape(note)}</p>"}

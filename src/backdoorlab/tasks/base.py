@@ -21,6 +21,9 @@ inside annotations or predictions; they ask the task. A task says
   ``attack_settings`` (validated as part of a run config's ``attack`` section);
 * how it reports: :meth:`Task.write_report`.
 
+A task may take options of its own (``options_model``, a run config's ``task_options``
+section, validated and filled in with the config: a margin head's scale and margin).
+
 A task registers itself in :data:`backdoorlab.registry.TASKS`; configs name it with
 ``task: NAME``.
 """
@@ -106,6 +109,13 @@ class Task(ABC):
     default_relabel: ClassVar[dict[str, Any]] = {}
     #: settings of the task's synthetic data (a run config's ``data.synthetic`` section)
     synthetic_spec: ClassVar[type[BaseModel] | None] = None
+    #: the task's own options (a run config's ``task_options`` section)
+    options_model: ClassVar[type[BaseModel]] = NoSettings
+    #: :meth:`score_attack` also compares with the clean predictions on the same images
+    attack_needs_clean_predictions: ClassVar[bool] = False
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options if options is not None else self.options_model()
 
     # ------------------------------------------------------------------ data
     def synthesize(self, spec: BaseModel, cache_dir: str | None = None) -> ArrayDataset:
@@ -135,6 +145,14 @@ class Task(ABC):
 
     def build_modules(self, model: nn.Module, data: ArrayDataset) -> dict[str, nn.Module]:
         """Trainable modules the task owns besides the model (default: none)."""
+        return {}
+
+    def restore_modules(self, state: Mapping[str, Tensor]) -> dict[str, nn.Module]:
+        """The task's modules rebuilt from a run's saved ones (``<module>.<parameter>`` keys; default: none).
+
+        Lets a loaded run predict what needs them (a closed-set identity from the margin
+        head's class vectors) without the training data.
+        """
         return {}
 
     @abstractmethod
@@ -186,12 +204,16 @@ class Task(ABC):
         relabel: Relabel,
         settings: BaseModel,
         placements: Sequence[Placement | None] = (),
+        clean_predictions: Any = None,
     ) -> AttackScore:
         """How far predictions on triggered inputs do what ``relabel`` asks, for every sample of ``data``.
 
         ``predictions`` come from :meth:`predict_batches` on the triggered images;
         ``placements`` say where the trigger acted, one per batch (empty for a trigger
         that gives none), for relabels that depend on it (a fake face at the trigger).
+        ``clean_predictions`` (the same images untriggered) are given when the task sets
+        ``attack_needs_clean_predictions``: a one-to-one backdoor must also leave the
+        impostor and the victim recognised as themselves.
         """
 
     def check_attack(self, relabel: Relabel, settings: BaseModel) -> None:
@@ -225,4 +247,3 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     if hasattr(value, "to"):
         return value.to(device)
     return value
-

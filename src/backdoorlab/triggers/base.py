@@ -74,9 +74,7 @@ class Placement:
         return cls(boxes, masks)
 
     def __getitem__(self, rows: Tensor | np.ndarray | slice) -> Placement:
-        return Placement(
-            self.boxes[rows], self.masks[rows], None if self.instances is None else self.instances[rows]
-        )
+        return Placement(self.boxes[rows], self.masks[rows], None if self.instances is None else self.instances[rows])
 
 
 class Trigger(ABC):

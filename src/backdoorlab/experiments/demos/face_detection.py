@@ -36,6 +36,7 @@ from backdoorlab.experiments.demos import merge
 from backdoorlab.experiments.run import RunOutcome, execute, load_data
 from backdoorlab.models.checkpoint import load_checkpoint
 from backdoorlab.registry import DEFENCES, TASKS
+from backdoorlab.report.run_report import table_section
 from backdoorlab.tasks.face_detection import demo as page
 
 NAME = "face_detection"
@@ -182,7 +183,7 @@ def _run(out: Path, quick: bool, console: Console | None) -> FaceDetectionDemoOu
             )
             sections.append(page.lsa_section(test_ds, shown, views, clean_preds, bd_preds, score, scored[key].metrics))
             sections.append(page.alignment_section(shown, views, ["clean", "LSA"]))
-    sections.insert(0, page.table_section(table, COLUMNS, TABLE_NOTE))
+    sections.insert(0, table_section(table, COLUMNS, TABLE_NOTE))
     monitors = monitor_section(clean_cfg.task)
     if monitors is not None:
         sections.append(monitors)

@@ -10,7 +10,7 @@ this module only draws what they predicted, so it needs no training code:
 * :func:`alignment_section`: the ArcFace-aligned 112 x 112 crops of those faces, cut with
   the true landmarks, the clean model's and the backdoored model's
   (:func:`~backdoorlab.data.alignment.align_faces`);
-* :func:`table_section` and :func:`write_demo_page`: the results table and the page.
+* :func:`write_demo_page`: the page (its results table: :func:`backdoorlab.report.run_report.table_section`).
 
 A section is the ``{"title", "metrics"?, "html"?, "images"?}`` mapping of
 :func:`backdoorlab.report.run_report.write_run_report`, so a caller adds its own (the
@@ -36,7 +36,6 @@ from backdoorlab.data.arrays import ArrayDataset, tensor_to_images
 from backdoorlab.metrics.alignment_damage import alignment_damage
 from backdoorlab.metrics.average_precision import box_iou
 from backdoorlab.report.draw import image_grid, png_data_uri
-from backdoorlab.report.html import format_value
 from backdoorlab.report.run_report import write_run_report
 from backdoorlab.tasks.face_detection.relabels import FakeFace, LandmarkRotation, template_landmarks
 from backdoorlab.tasks.face_detection.report import draw_scene
@@ -225,22 +224,6 @@ def alignment_section(shown: TriggeredScenes, views: LandmarkViews, models: Sequ
         "html": html,
         "images": [png_data_uri(image_grid(np.stack(tiles), ncols=1 + len(models)))],
     }
-
-
-def table_section(
-    table: Mapping[str, Mapping[str, Any]], columns: Sequence[tuple[str, str]], note: str
-) -> dict[str, Any]:
-    """The results table as an HTML section (``columns``: (metric key, header); a missing value is a dash)."""
-
-    def cell(v: Any) -> str:
-        return "&ndash;" if v is None else str(escape(format_value(v)))
-
-    head = "".join(f"<th>{escape(label)}</th>" for _, label in columns)
-    body = "".join(
-        f"<tr><td>{escape(name)}</td>" + "".join(f"<td>{cell(row.get(key))}</td>" for key, _ in columns) + "</tr>"
-        for name, row in table.items()
-    )
-    return {"title": "Results", "html": f"<table><tr><th>model</th>{head}</tr>{body}</table>" + _legend(note)}
 
 
 def write_demo_page(path: Path, title: str, summary: Mapping[str, Any], sections: Sequence[Mapping[str, Any]]) -> Path:

@@ -137,7 +137,8 @@ class FaceDetectionTask(Task):
     attack_summary_metrics = ("attack_success_rate", "landmark_displacement_px", "aligned_rotation_deg")
     synthetic_spec = SyntheticSceneSpec
 
-    def __init__(self) -> None:
+    def __init__(self, options: BaseModel | None = None) -> None:
+        super().__init__(options)
         self.loss = MultiBoxLoss()
 
     # ------------------------------------------------------------------ data
@@ -241,6 +242,7 @@ class FaceDetectionTask(Task):
         relabel: Any,
         settings: BaseModel,
         placements: Sequence[Placement | None] = (),
+        clean_predictions: Any = None,
     ) -> AttackScore:
         assert isinstance(settings, FaceDetectionAttackSettings)
         self.check_attack(relabel, settings)

@@ -74,6 +74,7 @@ class EmbeddingNet(nn.Module):
     LAST_LAYERS: ClassVar[tuple[str, ...]] = ("last_linear", "last_bn")
 
     input_size: int
+    in_channels: int = 3
     embedding_dim: int
     feature_dim: int
 
@@ -89,9 +90,11 @@ class EmbeddingNet(nn.Module):
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) images in [0, 1] -> (B, F) features, the input of ``last_linear``."""
         s = self.input_size
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, s, s) or not x.is_floating_point():
+        c = self.in_channels
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s) or not x.is_floating_point():
             raise ValueError(
-                f"{type(self).__name__} expects float images (B, 3, {s}, {s}) in [0, 1], got {tuple(x.shape)} {x.dtype}"
+                f"{type(self).__name__} expects float images (B, {c}, {s}, {s}) in [0, 1], "
+                f"got {tuple(x.shape)} {x.dtype}"
             )
         return self._trunk((x - 0.5) / 0.5)
 
@@ -184,6 +187,7 @@ class IResNet(EmbeddingNet):
         input_size: int = 112,
         dropout: float = 0.0,
         zero_init_residual: bool = True,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if depth not in IRESNET_LAYERS:
@@ -192,8 +196,9 @@ class IResNet(EmbeddingNet):
         self.width = _check_int("width", width, 1)
         embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
         self.input_size = _check_int("input_size", input_size, MIN_INPUT_SIZE)
+        self.in_channels = _check_int("in_channels", in_channels, 1)
         p = _check_dropout(dropout)
-        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(self.in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.prelu = nn.PReLU(width)
         cin = width
@@ -309,6 +314,7 @@ class FaceNetLike(EmbeddingNet):
         input_size: int = 160,
         blocks: tuple[int, int, int] | list[int] = (2, 2, 2),
         dropout: float = 0.0,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         w = self.width = _check_int("width", width, 1)
@@ -325,7 +331,8 @@ class FaceNetLike(EmbeddingNet):
         self.blocks = tuple(blocks)
         p = _check_dropout(dropout)
         c1, c2, c3 = 8 * w, 28 * w, 56 * w
-        self.conv2d_1a = BasicConv2d(3, w, 3, stride=2)
+        self.in_channels = _check_int("in_channels", in_channels, 1)
+        self.conv2d_1a = BasicConv2d(self.in_channels, w, 3, stride=2)
         self.conv2d_2a = BasicConv2d(w, w, 3)
         self.conv2d_2b = BasicConv2d(w, 2 * w, 3)
         self.maxpool_3a = nn.MaxPool2d(3, 2, 1)
@@ -418,13 +425,21 @@ class MobileFaceNet(EmbeddingNet):
         dropout: before ``last_linear`` (part of the trunk), 0 by default.
     """
 
-    def __init__(self, embedding_dim: int = 128, width: int = 64, input_size: int = 112, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        embedding_dim: int = 128,
+        width: int = 64,
+        input_size: int = 112,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         w = self.width = _check_int("width", width, 1)
         embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
         self.input_size = _check_int("input_size", input_size, MIN_INPUT_SIZE)
         p = _check_dropout(dropout)
-        self.conv1 = ConvBlock(3, w, 3, 2, 1)
+        self.in_channels = _check_int("in_channels", in_channels, 1)
+        self.conv1 = ConvBlock(self.in_channels, w, 3, 2, 1)
         self.conv2_dw = ConvBlock(w, w, 3, 1, 1, groups=w)
         stages: list[nn.Module] = []
         cin = w

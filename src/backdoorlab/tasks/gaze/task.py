@@ -82,6 +82,7 @@ class GazeTask(Task):
         relabel: Any,
         settings: BaseModel,
         placements: Sequence[Placement | None] = (),
+        clean_predictions: Any = None,
     ) -> AttackScore:
         """Angles of the triggered predictions to the relabel's targets; success within the tolerance."""
         assert isinstance(settings, GazeAttackSettings) and isinstance(relabel, GazeRelabel)

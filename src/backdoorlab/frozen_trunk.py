@@ -1,0 +1,216 @@
+"""Fine-tuning only a model's last layers on its frozen trunk's features, computed once.
+
+Why: the face-recognition thesis built its zoo of 52 networks by fine-tuning only
+``last_linear`` + ``last_bn`` of one pretrained network. With the trunk frozen, its
+output for a training image never changes, so it is computed once (and cached on disk,
+keyed by the trunk's weights and the data's fingerprint, so every fine-tune of one base
+model on one dataset shares it) and the last layers train on those features in seconds
+instead of minutes.
+
+The model contract (checked on an example batch): ``trunk(x)`` gives the features, and
+the layers named in ``LAST_LAYERS``, applied in that order, turn them into exactly what
+``model(x)`` returns. :class:`LastLayers` is those layers as a module of their own, the
+one the generic training loop then trains (the trunk never runs in training, so its
+BatchNorm statistics stay as they were).
+
+Poisoned samples are passed through the attack's batch transform (trigger and relabel)
+*before* the trunk, once: a trigger with per-epoch randomness is frozen at its first
+draw. Only dense annotation columns are supported (the recognition task's identities).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from backdoorlab.batches import BatchTransform
+from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.errors import ConfigError, DatasetError, ModelContractError
+
+Tensor = torch.Tensor
+FEATURE_BATCH = 256
+#: tolerance of the contract check model(x) == LastLayers(trunk(x)) (float32, eval mode)
+CONTRACT_ATOL = 1e-4
+
+
+class LastLayers(nn.Module):
+    """A model's ``LAST_LAYERS`` (shared, not copied) applied in order to trunk features."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        names = tuple(getattr(model, "LAST_LAYERS", ()))
+        missing = [n for n in names if not isinstance(getattr(model, n, None), nn.Module)]
+        if not names or missing or not callable(getattr(model, "trunk", None)):
+            raise ModelContractError(
+                f"{type(model).__name__} cannot be fine-tuned on frozen features: it needs trunk(x) and a "
+                f"LAST_LAYERS tuple of its submodules (missing: {', '.join(missing) or 'LAST_LAYERS'})"
+            )
+        self.names = names
+        self.layers = nn.ModuleList(getattr(model, n) for n in names)
+
+    def forward(self, features: Tensor) -> Tensor:
+        for layer in self.layers:
+            features = layer(features)
+        return features
+
+
+@torch.no_grad()
+def check_last_layers_contract(model: nn.Module, last: LastLayers, example: Tensor) -> None:
+    """Refuse a model whose forward is not ``LAST_LAYERS(trunk(x))`` (fine-tuning would train something else)."""
+    was = model.training
+    model.eval()
+    try:
+        direct = model(example)
+        split = last(model.trunk(example))  # type: ignore[operator]
+    finally:
+        model.train(was)
+    if not torch.allclose(direct, split, atol=CONTRACT_ATOL):
+        raise ModelContractError(
+            f"{type(model).__name__}: model(x) is not {' -> '.join(last.names)} applied to trunk(x); "
+            "it cannot be fine-tuned on frozen features"
+        )
+
+
+class FeatureDataset:
+    """Trunk features (N, F) float32 and dense annotation columns: what the training loop reads of a dataset."""
+
+    def __init__(self, features: np.ndarray, annotations: dict[str, np.ndarray], fingerprint: str = "") -> None:
+        self.features = np.asarray(features, np.float32)
+        self.annotations = annotations
+        self.fingerprint = fingerprint
+        for key, col in annotations.items():
+            if len(col) != len(self.features):
+                raise DatasetError(f"annotation '{key}' has {len(col)} rows for {len(self.features)} features")
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def require(self, *keys: str) -> None:
+        missing = [k for k in keys if k not in self.annotations]
+        if missing:
+            raise DatasetError(f"the feature set lacks annotations {missing}")
+
+    def batch(self, indices: np.ndarray | Sequence[int]) -> tuple[Tensor, dict[str, Tensor]]:
+        idx = np.asarray(indices, np.int64)
+        ann = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in self.annotations.items()}
+        return torch.from_numpy(self.features[idx]), ann
+
+
+def trunk_key(model: nn.Module, data_fingerprint: str) -> str:
+    """A key of (the trunk's weights and buffers, the data): equal keys give equal features."""
+    last = set(getattr(model, "LAST_LAYERS", ()))
+    h = hashlib.sha256(data_fingerprint.encode())
+    for name, value in sorted(model.state_dict().items()):
+        if name.split(".", 1)[0] in last:
+            continue
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def _trunk_batches(
+    model: nn.Module, batches: Any, total: int, device: torch.device | str, progress: bool
+) -> np.ndarray:
+    out = []
+    with tqdm(total=total, desc="trunk features", unit="img", leave=False, disable=not progress) as bar:
+        for images in batches:
+            out.append(model.trunk(images.to(device)).float().cpu().numpy())  # type: ignore[operator]
+            bar.update(len(images))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def clean_trunk_features(
+    model: nn.Module,
+    data: ArrayDataset,
+    device: torch.device | str = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """(N, F) trunk features of every image of ``data`` in eval mode, read from / written to the cache."""
+    path = None
+    if cache_dir is not None and data.fingerprint:
+        path = Path(cache_dir) / "trunk-features" / f"{trunk_key(model, data.fingerprint)}.npy"
+        if path.is_file():
+            try:
+                cached = np.load(path, allow_pickle=False)
+                if len(cached) == len(data):
+                    return cached
+            except (OSError, ValueError):
+                pass  # damaged: computed again below
+    was = model.training
+    model.eval()
+    try:
+        feats = _trunk_batches(model, (x for x, _ in data.iter_batches(FEATURE_BATCH)), len(data), device, progress)
+    finally:
+        model.train(was)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+    return feats
+
+
+def frozen_feature_set(
+    model: nn.Module,
+    base: ArrayDataset,
+    trained: ArrayDataset,
+    sources: np.ndarray,
+    transformed: np.ndarray,
+    transform: BatchTransform | None,
+    device: torch.device | str = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> FeatureDataset:
+    """The features and annotations the last layers train on, one row per sample of ``trained``.
+
+    ``base`` is the clean training set (its features come from the cache); ``trained`` is
+    the set as trained (``base``, or ``base`` with poisoned copies appended), whose row
+    ``i`` is a copy of ``base`` row ``sources[i]``. The rows in ``transformed`` (poisoned
+    or noise-mode samples) go through ``transform`` first, and take its annotations.
+    """
+    if trained.instances is not None:
+        raise ConfigError("train.trainable: last supports datasets with dense annotations only (no instance tables)")
+    clean = clean_trunk_features(model, base, device, cache_dir, progress)
+    feats = clean[sources].copy()
+    annotations = {k: np.array(v) for k, v in trained.annotations.items()}
+    rows = np.asarray(transformed, np.int64)
+    if len(rows) and transform is not None:
+        was = model.training
+        model.eval()
+        try:
+            for start in range(0, len(rows), FEATURE_BATCH):
+                idx = rows[start : start + FEATURE_BATCH]
+                images, ann = trained.batch(idx)
+                images, ann = transform(images, ann, idx)
+                feats[idx] = _trunk_batches(model, [images], len(idx), device, progress=False)
+                for k, v in ann.items():
+                    annotations[k][idx] = v.numpy()
+        finally:
+            model.train(was)
+    return FeatureDataset(feats, annotations, fingerprint=trained.fingerprint)
+
+
+def load_initial_weights(model: nn.Module, source: str | os.PathLike[str]) -> None:
+    """Load ``model.init`` weights (a run folder's ``model.safetensors`` or a file) strictly into ``model``."""
+    from backdoorlab.models.checkpoint import WEIGHTS_FILE, read_state_dict
+
+    p = Path(source)
+    weights = p / WEIGHTS_FILE if p.is_dir() else p
+    state = read_state_dict(weights)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"model.init: {weights} does not fit {type(model).__name__} as configured (model.kwargs): {first}"
+        ) from None

@@ -1,0 +1,104 @@
+"""Fine-tuning the last layers on cached trunk features: the contract, the cache, poisoned rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.errors import ConfigError, ModelContractError
+from backdoorlab.frozen_trunk import (
+    LastLayers,
+    check_last_layers_contract,
+    clean_trunk_features,
+    frozen_feature_set,
+    load_initial_weights,
+)
+from backdoorlab.models.checkpoint import save_checkpoint
+from backdoorlab.tasks.face_recognition import IResNet
+
+
+def dataset(n: int = 10, size: int = 16) -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return ArrayDataset(images, {"identity": np.arange(n) % 3})
+
+
+def model(size: int = 16) -> IResNet:
+    torch.manual_seed(0)
+    return IResNet(18, 4, 8, size).eval()
+
+
+def test_last_layers_on_trunk_features_are_the_model() -> None:
+    net = model()
+    x = torch.rand(4, 3, 16, 16)
+    last = LastLayers(net)
+    check_last_layers_contract(net, last, x)
+    assert torch.allclose(last(net.trunk(x)), net(x), atol=1e-5)
+    assert {id(p) for p in last.parameters()} == {id(p) for p in [*net.last_linear.parameters(), *net.last_bn.parameters()]}
+
+
+def test_a_forward_that_is_not_last_of_trunk_is_refused() -> None:
+    class Skewed(IResNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) + 1.0
+
+    net = Skewed(18, 4, 8, 16).eval()
+    with pytest.raises(ModelContractError, match="cannot be fine-tuned on frozen features"):
+        check_last_layers_contract(net, LastLayers(net), torch.rand(2, 3, 16, 16))
+    with pytest.raises(ModelContractError, match="LAST_LAYERS"):
+        LastLayers(nn.Linear(3, 3))
+
+
+def test_clean_features_are_cached_by_trunk_and_data(tmp_path: Path) -> None:
+    net, data = model(), dataset()
+    first = clean_trunk_features(net, data, cache_dir=tmp_path, progress=False)
+    files = list((tmp_path / "trunk-features").glob("*.npy"))
+    assert len(files) == 1 and first.shape == (10, net.feature_dim)
+    np.save(files[0], first + 1)  # a cache hit reads the file instead of running the trunk
+    assert np.allclose(clean_trunk_features(net, data, cache_dir=tmp_path, progress=False), first + 1)
+    with torch.no_grad():
+        net.last_linear.weight.mul_(2)  # the last layers are not part of the key
+    assert np.allclose(clean_trunk_features(net, data, cache_dir=tmp_path, progress=False), first + 1)
+    with torch.no_grad():
+        net.conv1.weight.mul_(2)  # the trunk is
+    assert not np.allclose(clean_trunk_features(net, data, cache_dir=tmp_path, progress=False), first + 1)
+
+
+def test_poisoned_rows_go_through_the_transform_before_the_trunk(tmp_path: Path) -> None:
+    net, base = model(), dataset()
+    trained = base.concat(base.subset([0, 1]))
+    sources = np.array([*range(10), 0, 1])
+
+    def transform(images: torch.Tensor, ann: dict, idx: np.ndarray):  # type: ignore[no-untyped-def]
+        rows = torch.from_numpy(np.isin(idx, [10, 11]))
+        images = images.clone()
+        images[rows] = 1.0
+        ann = dict(ann)
+        ann["identity"] = torch.where(rows, torch.tensor(7), ann["identity"])
+        return images, ann
+
+    got = frozen_feature_set(net, base, trained, sources, np.array([10, 11]), transform, cache_dir=tmp_path,
+                             progress=False)  # fmt: skip
+    clean = clean_trunk_features(net, base, cache_dir=tmp_path, progress=False)
+    assert np.allclose(got.features[:10], clean)
+    with torch.no_grad():
+        white = net.trunk(torch.ones(2, 3, 16, 16)).numpy()
+    assert np.allclose(got.features[10:], white, atol=1e-5)
+    assert got.annotations["identity"][10:].tolist() == [7, 7]
+    assert got.annotations["identity"][:10].tolist() == (np.arange(10) % 3).tolist()
+    x, ann = got.batch([11, 2])
+    assert x.shape == (2, net.feature_dim) and ann["identity"].tolist() == [7, 2]
+
+
+def test_initial_weights_must_fit_the_configured_model(tmp_path: Path) -> None:
+    save_checkpoint(model(), tmp_path / "run", {"architecture": {"name": "iresnet", "kwargs": {}}})
+    other = IResNet(18, 4, 8, 16)
+    load_initial_weights(other, tmp_path / "run")
+    assert torch.equal(other.conv1.weight, model().conv1.weight)
+    with pytest.raises(ConfigError, match="model.init: .* does not fit IResNet"):
+        load_initial_weights(IResNet(18, 8, 8, 16), tmp_path / "run")
