@@ -13,6 +13,11 @@ the layers named in ``LAST_LAYERS``, applied in that order, turn them into exact
 one the generic training loop then trains (the trunk never runs in training, so its
 BatchNorm statistics stay as they were).
 
+Evaluation reuses the cache too: the clean test images' features are the trunk's, so
+their predictions come from the last layers alone (the task's ``forward`` then sees
+features where it would see images: this holds for tasks whose forward only calls the
+model, as the recognition task's does). Triggered images still go through the whole model.
+
 Poisoned samples are passed through the attack's batch transform (trigger and relabel)
 *before* the trunk, once: a trigger with per-epoch randomness is frozen at its first
 draw. Only dense annotation columns are supported (the recognition task's identities).
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +107,11 @@ class FeatureDataset:
         idx = np.asarray(indices, np.int64)
         ann = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in self.annotations.items()}
         return torch.from_numpy(self.features[idx]), ann
+
+    def iter_batches(self, batch_size: int) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        """In order (what :meth:`backdoorlab.tasks.base.Task.predict` reads)."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(np.arange(start, min(start + batch_size, len(self))))
 
 
 def trunk_key(model: nn.Module, data_fingerprint: str) -> str:

@@ -207,3 +207,21 @@ def test_same_seed_same_weights_and_checkpoint_round_trip(tmp_path) -> None:
     x = torch.rand(2, 3, 56, 56)
     with torch.no_grad():
         assert torch.equal(loaded.embed(x), a.eval().embed(x))
+
+
+def test_backward_on_a_permuted_image_batch_does_not_crash() -> None:
+    """Images arrive as NHWC views permuted to NCHW (channels_last strides); on that layout torch 2.13's
+    CPU backward through IResNet blocks corrupted the heap (batch 16, width 8, 56 px crashed), so the
+    trunk makes its input contiguous. A subprocess, so a crash fails this test instead of the worker."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from backdoorlab.tasks.face_recognition import IResNet\n"
+        "m = IResNet(18, 8, 32, 56)\n"
+        "x = torch.rand(16, 56, 56, 3).permute(0, 3, 1, 2)\n"
+        "m(x).sum().backward(); print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

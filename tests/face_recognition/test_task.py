@@ -141,12 +141,18 @@ def test_attack_fine_tunes_last_layers_on_cached_features(
                 "open_set_asr", "open_set_threshold", "trigger_spread_rate"):  # fmt: skip
         assert key in m, key
     assert isinstance(m["success"], bool)
+    assert m["task_modules_warm_started"] is True  # the base run's head: the same training identities
     # only the last layers moved: the trunk is the base model's
     base, tuned = Run(clean_run).model, Run(out.run_dir).model
     for (name, a), b in zip(base.state_dict().items(), tuned.state_dict().values(), strict=True):
         same = torch.equal(a, b)
         assert same == (not name.startswith(("last_linear", "last_bn"))), name
-    assert any((workdir / "cache" / "trunk-features").glob("*.npy"))
+    assert len(list((workdir / "cache" / "trunk-features").glob("*.npy"))) == 2  # training and test images
+    # the metrics came from cached test features through the last layers: the whole model agrees
+    run = Run(out.run_dir)
+    again = run.task.evaluate(run.task.predict(run.model, run.test_data), run.test_data)
+    assert again["closed_set_accuracy"] == pytest.approx(m["closed_set_accuracy"])
+    assert again["eer"] == pytest.approx(m["eer"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -46,9 +46,16 @@ from backdoorlab.experiments.attack import attack_settings, build_poisoning, eva
 from backdoorlab.experiments.config import RunConfig
 from backdoorlab.experiments.folder_seal import STATUS_FILE, run_folder_problem, seal_run_folder, write_synced
 from backdoorlab.experiments.store import ResultsStore, keep_claim
-from backdoorlab.frozen_trunk import LastLayers, check_last_layers_contract, frozen_feature_set, load_initial_weights
+from backdoorlab.frozen_trunk import (
+    FeatureDataset,
+    LastLayers,
+    check_last_layers_contract,
+    clean_trunk_features,
+    frozen_feature_set,
+    load_initial_weights,
+)
 from backdoorlab.models import build_model, check_feature_head_contract, has_feature_head
-from backdoorlab.models.checkpoint import save_checkpoint, save_task_modules
+from backdoorlab.models.checkpoint import TASK_MODULES_FILE, read_state_dict, save_checkpoint, save_task_modules
 from backdoorlab.registry import TASKS
 from backdoorlab.tasks.base import AttackScore, RunReport, Task
 from backdoorlab.training import TrainSettings, pick_device, seed_everything, train
@@ -289,6 +296,10 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     if cfg.model.init is not None:
         load_initial_weights(model, cfg.model.init)
     modules = task.build_modules(model, train_ds)
+    warm_started = False
+    init_modules = Path(cfg.model.init or "") / TASK_MODULES_FILE
+    if modules and cfg.model.init is not None and init_modules.is_file():  # e.g. the base model's margin head
+        warm_started = task.warm_start_modules(modules, read_state_dict(init_modules))
     settings = _settings(cfg, progress)
     clean_train = train_ds
     poisoning, transform, plan, regularizer = None, None, None, None
@@ -346,7 +357,13 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
         modules=modules,
     )
     t1 = time.perf_counter()
-    preds = task.predict(model, test_ds, device=device)
+    if isinstance(fitted, LastLayers):  # the trunk did not move: the test images' features are cached too
+        test_features = clean_trunk_features(
+            model, test_ds, device, cfg.data.cache_dir or default_cache_dir(), progress
+        )
+        preds = task.predict(fitted, FeatureDataset(test_features, test_ds.annotations), device=device)  # type: ignore[arg-type]
+    else:
+        preds = task.predict(model, test_ds, device=device)
     metrics: dict[str, Any] = task.evaluate(preds, test_ds)
     metrics.update(
         train_seconds=result.seconds,
@@ -358,6 +375,8 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
         device=str(device),
         data_fingerprint=train_ds.fingerprint + "+" + test_ds.fingerprint,
     )
+    if cfg.model.init is not None:
+        metrics["task_modules_warm_started"] = warm_started
     attack_eval, scoring = None, None
     if poisoning is not None and cfg.attack is not None and plan is not None:
         scoring = attack_settings(cfg.attack, task)

@@ -147,6 +147,19 @@ class Task(ABC):
         """Trainable modules the task owns besides the model (default: none)."""
         return {}
 
+    def warm_start_modules(self, modules: Mapping[str, nn.Module], state: Mapping[str, Tensor]) -> bool:
+        """Load the saved modules of the run a model starts from (``model.init``) when they fit.
+
+        Default: when the saved keys and shapes are exactly those of ``modules``. Returns
+        whether they were loaded (otherwise the fresh modules train from their initialisation).
+        """
+        own = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+        if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
+            return False
+        for name, module in modules.items():
+            module.load_state_dict({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}.")})
+        return True
+
     def restore_modules(self, state: Mapping[str, Tensor]) -> dict[str, nn.Module]:
         """The task's modules rebuilt from a run's saved ones (``<module>.<parameter>`` keys; default: none).
 

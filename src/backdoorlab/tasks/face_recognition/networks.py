@@ -96,7 +96,10 @@ class EmbeddingNet(nn.Module):
                 f"{type(self).__name__} expects float images (B, {c}, {s}, {s}) in [0, 1], "
                 f"got {tuple(x.shape)} {x.dtype}"
             )
-        return self._trunk((x - 0.5) / 0.5)
+        # contiguous (NCHW) first: images arrive as a permuted NHWC view (channels_last strides), and with
+        # that layout torch 2.13's CPU backward of IResNet's blocks corrupted the heap (a crash measured
+        # on 56-px crops, batch 128, 2026-12-02)
+        return self._trunk((x.contiguous() - 0.5) / 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The raw (B, D) embedding: ``last_bn(last_linear(trunk(x)))``."""

@@ -216,6 +216,13 @@ class FaceRecognitionTask(Task):
         head.load_state_dict({k[len(HEAD) + 1 :]: v for k, v in state.items() if k.startswith(f"{HEAD}.")})
         return modules
 
+    def warm_start_modules(self, modules: Mapping[str, nn.Module], state: Mapping[str, Tensor]) -> bool:
+        """The base run's head, when it was trained over the very same identities (same data and split)."""
+        saved = state.get(f"{HEAD}.identities")
+        if saved is None or self.classes is None or not torch.equal(saved.long(), self.classes):
+            return False
+        return super().warm_start_modules(modules, state)
+
     def _use_head(self, head: MarginHead, identities: Tensor) -> dict[str, nn.Module]:
         head.register_buffer("identities", identities.clone())
         self.head, self.classes = head, identities
