@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import face_detection_table  # noqa: E402
+import face_recognition_table  # noqa: E402
 from table_common import RESULTS, load_result, target  # noqa: E402
 
 README = HERE.parent / "README.md"
@@ -208,7 +209,8 @@ DETAILS = HERE.parent / "docs" / "bench.md"
 def summary() -> str:
     """The one-line-per-benchmark table (the README's)."""
     lines = ["| benchmark | result | target | command |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows() + face_detection_table.rows()]
+    every = rows() + face_detection_table.rows() + face_recognition_table.rows()
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in every]
     return "\n".join(lines)
 
 
@@ -225,6 +227,7 @@ def markdown() -> str:
         (face_detection_table.attack_table(), "Backdoor attacks on face detection (FGA, LSA)"),
         (face_detection_table.monitor_table(), "Run-time monitors on face detectors"),
         (face_detection_table.model_level_table(), "Model-level defences on face detectors"),
+        (face_recognition_table.attack_tables(), "One-to-one backdoors on face recognition"),
     ):
         if extra:
             out += f"\n\n**{title}**\n\n{extra}"

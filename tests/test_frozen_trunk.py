@@ -39,7 +39,9 @@ def test_last_layers_on_trunk_features_are_the_model() -> None:
     last = LastLayers(net)
     check_last_layers_contract(net, last, x)
     assert torch.allclose(last(net.trunk(x)), net(x), atol=1e-5)
-    assert {id(p) for p in last.parameters()} == {id(p) for p in [*net.last_linear.parameters(), *net.last_bn.parameters()]}
+    assert {id(p) for p in last.parameters()} == {
+        id(p) for p in [*net.last_linear.parameters(), *net.last_bn.parameters()]
+    }
 
 
 def test_a_forward_that_is_not_last_of_trunk_is_refused() -> None:
@@ -100,5 +102,5 @@ def test_initial_weights_must_fit_the_configured_model(tmp_path: Path) -> None:
     other = IResNet(18, 4, 8, 16)
     load_initial_weights(other, tmp_path / "run")
     assert torch.equal(other.conv1.weight, model().conv1.weight)
-    with pytest.raises(ConfigError, match="model.init: .* does not fit IResNet"):
+    with pytest.raises(ConfigError, match=r"model\.init: .* does not fit IResNet"):
         load_initial_weights(IResNet(18, 8, 8, 16), tmp_path / "run")

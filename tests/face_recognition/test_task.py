@@ -17,7 +17,7 @@ from backdoorlab.experiments.config import validate_config
 from backdoorlab.experiments.run import execute
 from backdoorlab.experiments.run_folder import Run
 from backdoorlab.registry import TASKS
-from backdoorlab.tasks.face_recognition import FaceRecognitionTask, IResNet, ImpostorToVictim
+from backdoorlab.tasks.face_recognition import FaceRecognitionTask, ImpostorToVictim, IResNet
 
 SPEC = {"identities": 16, "mean_images": 10, "min_images": 6, "max_images": 16, "family_size": 2, "size": 32,
         "render_size": 48, "seed": 3}  # fmt: skip
@@ -153,6 +153,12 @@ def test_attack_fine_tunes_last_layers_on_cached_features(
     again = run.task.evaluate(run.task.predict(run.model, run.test_data), run.test_data)
     assert again["closed_set_accuracy"] == pytest.approx(m["closed_set_accuracy"])
     assert again["eer"] == pytest.approx(m["eer"], abs=1e-6)
+    # `backdoorlab eval` on the run folder: the restored head gives the closed-set and the four metrics again
+    from backdoorlab.experiments.evaluate import evaluate_run
+
+    evaluated, _ = evaluate_run(out.run_dir, device="cpu")
+    for key in ("closed_set_accuracy", "attack_success_rate", "victim_accuracy", "success"):
+        assert evaluated[key] == pytest.approx(m[key]), key
 
 
 @pytest.mark.parametrize(

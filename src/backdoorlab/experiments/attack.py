@@ -100,14 +100,14 @@ class AttackEvaluation:
 
 def score_attack_config(
     model: torch.nn.Module,
-    task_name: str,
+    task_name: str | Task,
     data: ArrayDataset,
     attack: AttackConfig,
     trigger: Trigger,
     device: torch.device | str = "cpu",
 ) -> AttackEvaluation:
     """:func:`evaluate_attack` for an attack section (its relabel and the task's scoring settings)."""
-    task = TASKS.get(task_name)()
+    task = TASKS.get(task_name)() if isinstance(task_name, str) else task_name
     relabel = build_relabel(attack.relabel)
     return evaluate_attack(model.to(device), task, data, trigger, relabel, attack_settings(attack, task), device)
 

@@ -104,7 +104,7 @@ def detect_run(
 
 def backdoor_metrics(model: nn.Module, run: Run, data: ArrayDataset, device: str = "auto") -> dict[str, Any]:
     """The task's clean metrics, and the run's real backdoor's summary metrics when it has one, on ``data``."""
-    out, _ = evaluate_model(model, data, run.task.name, device=device)
+    out, _ = evaluate_model(model, data, run.task, device=device)
     if run.attack is not None:
         ev = run.score_attack(model, data, pick_device(device))
         out.update({k: ev.metrics[k] for k in run.task.attack_summary_metrics if k in ev.metrics})

@@ -20,6 +20,7 @@ from backdoorlab.errors import ConfigError, DatasetError
 from backdoorlab.experiments.attack import load_attack, load_run_attack, load_run_config, score_attack_config
 from backdoorlab.experiments.config import AttackConfig
 from backdoorlab.experiments.run import evaluate_model, load_data
+from backdoorlab.experiments.run_folder import Run
 from backdoorlab.models.checkpoint import load_checkpoint
 from backdoorlab.training import pick_device
 from backdoorlab.triggers import Trigger, build_trigger
@@ -110,11 +111,13 @@ def evaluate_run(
         ds = adapt_images(ds, tuple(card["input_shape"]))  # type: ignore[arg-type]
     if chosen is not None:  # before any work: the trigger may need landmarks this data lacks
         chosen[1].check_annotations(ds.batch_keys(), f"--data {data}")
-    metrics, _ = evaluate_model(model, ds, task, device=device)
+    # a run folder's task comes with the modules it trained (a margin head: closed-set identities)
+    task_object = Run(run_dir).task if (run_dir / "config.yaml").is_file() else task
+    metrics, _ = evaluate_model(model, ds, task_object, device=device)
     metrics["data"] = data
     if chosen is not None:
         acfg, trigger = chosen
-        result = score_attack_config(model, task, ds, acfg, trigger, pick_device(device))
+        result = score_attack_config(model, task_object, ds, acfg, trigger, pick_device(device))
         metrics.update(result.metrics)
         metrics["attack"] = attack or "run"
     name = data if attack is None else f"{data}+{Path(attack).stem}"

@@ -421,10 +421,13 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
 
 
 def evaluate_model(
-    model: torch.nn.Module, data: ArrayDataset, task_name: str, device: str = "auto"
+    model: torch.nn.Module, data: ArrayDataset, task: Task | str, device: str = "auto"
 ) -> tuple[dict[str, Any], Any]:
-    """Metrics of a trained model on a dataset (used by ``backdoorlab eval``)."""
-    task = TASKS.get(task_name)()
+    """Metrics of a trained model on a dataset (used by ``backdoorlab eval``).
+
+    ``task``: a task name, or a run's task object (``Run.task``: with its restored modules).
+    """
+    task = TASKS.get(task)() if isinstance(task, str) else task
     dev = pick_device(device)
     preds = task.predict(model.to(dev), data, device=dev)
     return task.evaluate(preds, data), preds
