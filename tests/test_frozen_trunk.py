@@ -104,3 +104,23 @@ def test_initial_weights_must_fit_the_configured_model(tmp_path: Path) -> None:
     assert torch.equal(other.conv1.weight, model().conv1.weight)
     with pytest.raises(ConfigError, match=r"model\.init: .* does not fit IResNet"):
         load_initial_weights(IResNet(18, 8, 8, 16), tmp_path / "run")
+
+
+def test_model_init_enters_the_config_hash_by_its_weights_not_its_path(tmp_path: Path) -> None:
+    import shutil
+
+    from backdoorlab.experiments.config import validate_config
+
+    save_checkpoint(model(), tmp_path / "a" / "run", {"architecture": {"name": "iresnet", "kwargs": {}}})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    def hash_of(init: Path) -> str:
+        raw = {"task": "face_recognition", "model": {"name": "iresnet", "init": str(init)}}
+        return validate_config(raw).config_hash()
+
+    assert hash_of(tmp_path / "a" / "run") == hash_of(tmp_path / "b" / "run")
+    other = model()
+    with torch.no_grad():
+        other.conv1.weight.add_(1)
+    save_checkpoint(other, tmp_path / "b" / "run", {"architecture": {"name": "iresnet", "kwargs": {}}})
+    assert hash_of(tmp_path / "a" / "run") != hash_of(tmp_path / "b" / "run")  # a retrained base: other runs

@@ -313,11 +313,30 @@ class RunConfig(_Strict):
                 node = node.get(p) or {}
             if key in node and node[key] == neutral:
                 del node[key]
+        if dump["model"].get("init") is not None:
+            dump["model"]["init"] = init_identity(dump["model"]["init"])
         blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def init_identity(init: str) -> str:
+    """What ``model.init`` means in a config hash: the SHA-256 of the weights, not where they lie.
+
+    A fine-tune of a retrained base model is another run, and the same base in another
+    checkout is the same run. Weights not there (yet) hash by their file name only.
+    """
+    p = Path(init)
+    weights = p / "model.safetensors" if p.is_dir() else p
+    if not weights.is_file():
+        return f"missing:{p.name}"
+    digest = hashlib.sha256()
+    with weights.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _format_validation(exc: ValidationError, origin: str | None, prefix: str = "") -> str:
