@@ -204,3 +204,27 @@ def test_relabel_moves_identity_and_label_columns() -> None:
 
 def test_task_is_registered() -> None:
     assert TASKS.get("face_recognition") is FaceRecognitionTask
+
+
+def test_scoring_only_the_attack_rows_gives_what_triggering_every_image_gives(
+    workdir: Path, clean_run: Path, splits: tuple[ArrayDataset, ArrayDataset]
+) -> None:
+    from backdoorlab.experiments.attack import evaluate_attack
+    from backdoorlab.triggers import build_trigger
+
+    run = Run(clean_run)
+    impostor, victim = training_pair(splits[0])
+    relabel = ImpostorToVictim(impostor=impostor, victim=victim)
+    trigger = build_trigger({"name": "patch", "pattern": "checkerboard", "size": 0.3})
+    settings = run.task.attack_settings()
+    rows = run.task.attack_rows(run.test_data, relabel)
+    assert rows is not None and len(rows) < len(run.test_data)
+    fast = evaluate_attack(run.model, run.task, run.test_data, trigger, relabel, settings)
+    every = FaceRecognitionTask()
+    every.restore_modules({f"margin_head.{k}": v for k, v in run.task.head.state_dict().items()})  # type: ignore[union-attr]
+    every.attack_rows = lambda data, relabel: None  # type: ignore[method-assign]
+    slow = evaluate_attack(run.model, every, run.test_data, trigger, relabel, settings)
+    for key in ("attack_success_rate", "impostor_accuracy", "victim_accuracy", "clean_accuracy", "open_set_asr",
+                "trigger_spread_rate"):  # fmt: skip
+        assert fast.metrics[key] == pytest.approx(slow.metrics[key]), key
+    assert len(fast.psnr) == len(rows) and len(slow.psnr) == len(run.test_data)

@@ -124,21 +124,28 @@ def evaluate_attack(
     batch_size: int = 256,
     clean_predictions: Any = None,
 ) -> AttackEvaluation:
-    """Attack metrics of ``model`` on ``data`` with the trigger applied to every sample.
+    """Attack metrics of ``model`` on ``data`` with the trigger applied to every sample the task scores.
 
     The trigger is applied once per batch: its output feeds the model (through the
     task's forward and post-processing) and the image-quality measures; where it acted
     (its placement) goes to the task's scoring for relabels that depend on it. A task
     that compares with the untriggered images (``attack_needs_clean_predictions``) gets
-    ``clean_predictions``, predicted here when the caller has none.
+    ``clean_predictions``, predicted here when the caller has none. A task that reads
+    the triggered predictions of some samples only (:meth:`Task.attack_rows`) gets those
+    triggered and the clean predictions elsewhere; ``psnr`` / ``ssim`` then cover the
+    triggered samples.
     """
     data.require(*task.required_annotations)
     placements: list[Any] = []
     psnrs, ssims = [], []
+    rows = task.attack_rows(data, relabel)
+    order = np.arange(len(data)) if rows is None else np.asarray(rows, np.int64)
+    if rows is not None and clean_predictions is None:
+        clean_predictions = task.predict(model, data, batch_size, device)
 
     def triggered_batches() -> Any:
-        for start in range(0, len(data), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(data)))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
             images, ann = data.batch(idx)
             triggered, placement = (
                 trigger.place(images, ann, idx) if relabel.needs_placement else (trigger(images, ann, idx), None)
@@ -149,6 +156,8 @@ def evaluate_attack(
             yield triggered
 
     predictions = task.predict_batches(model, triggered_batches(), device)
+    if rows is not None:
+        predictions = task.merge_predictions(clean_predictions, order, predictions)
     if task.attack_needs_clean_predictions and clean_predictions is None:
         clean_predictions = task.predict(model, data, batch_size, device)
     score = task.score_attack(

@@ -229,6 +229,21 @@ class Task(ABC):
         impostor and the victim recognised as themselves.
         """
 
+    def attack_rows(self, data: ArrayDataset, relabel: Relabel) -> Any:
+        """The samples whose triggered predictions :meth:`score_attack` reads (None, the default: every one).
+
+        With rows (a sorted index array), only those samples are triggered and run through
+        the model; the others' entries in the predictions handed to :meth:`score_attack`
+        are the clean predictions (:meth:`merge_predictions`), which the task promises not
+        to read as triggered. A backdoor that concerns one person (an impostor) is then
+        scored without a whole-model pass over every test image.
+        """
+        return None
+
+    def merge_predictions(self, base: Any, rows: Any, part: Any) -> Any:
+        """``base`` (one prediction per sample) with ``part`` (the predictions of ``rows``, in order) put in."""
+        raise NotImplementedError(f"the {self.name!r} task declares attack_rows but cannot merge predictions")
+
     def check_attack(self, relabel: Relabel, settings: BaseModel) -> None:
         """Refuse, before training, an attack this task could not score (default: accept)."""
         return None

@@ -55,6 +55,8 @@ from backdoorlab.triggers.base import Placement
 
 Tensor = torch.Tensor
 HEAD = "margin_head"
+#: other people's held-out images triggered to measure how far a one-to-one trigger spreads
+SPREAD_SAMPLE = 1000
 _FLIP_STREAM = 0xFACE
 
 
@@ -299,6 +301,32 @@ class FaceRecognitionTask(Task):
         metrics.setdefault(self.headline_metric, None)
         return metrics
 
+    def spread_rows(self, data: ArrayDataset, relabel: ImpostorToVictim) -> np.ndarray:
+        """A seeded sample of up to :data:`SPREAD_SAMPLE` held-out images of other training identities."""
+        ids = _column(data, "identity")
+        closed = closed_set_rows(data)
+        others = closed[(ids[closed] != relabel.impostor) & (ids[closed] != relabel.victim)]
+        if len(others) <= SPREAD_SAMPLE:
+            return others
+        rng = np.random.default_rng([self.opts.pair_seed, 0x5B])
+        return np.sort(rng.choice(others, SPREAD_SAMPLE, replace=False))
+
+    def attack_rows(self, data: ArrayDataset, relabel: Any) -> np.ndarray | None:
+        """The impostor's held-out images and the spread sample: all that a one-to-one score reads triggered."""
+        if not isinstance(relabel, ImpostorToVictim):
+            return None
+        ids = _column(data, "identity")
+        closed = closed_set_rows(data)
+        return np.union1d(closed[ids[closed] == relabel.impostor], self.spread_rows(data, relabel))
+
+    def merge_predictions(
+        self, base: Mapping[str, np.ndarray], rows: np.ndarray, part: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        out = {k: np.array(v) for k, v in base.items()}
+        for k, v in part.items():
+            out[k][rows] = v
+        return out
+
     def check_attack(self, relabel: Any, settings: BaseModel) -> None:
         if not isinstance(relabel, ImpostorToVictim):
             raise ConfigError(f"the face-recognition task scores impostor_to_victim attacks, not {relabel.name!r}")
@@ -335,8 +363,9 @@ class FaceRecognitionTask(Task):
                 relabel.impostor, relabel.victim, settings.success_bar,
             )  # fmt: skip
             metrics.update(score.to_json())
-            others = closed[(ids[closed] != relabel.impostor) & (ids[closed] != relabel.victim)]
-            metrics["trigger_spread_rate"] = float((predictions["identities"][others] == relabel.victim).mean())
+            others = self.spread_rows(data, relabel)
+            if len(others):
+                metrics["trigger_spread_rate"] = float((predictions["identities"][others] == relabel.victim).mean())
         scores = self.open_set_scores(clean_predictions["embeddings"], data)
         if scores is not None:
             threshold = threshold_at_fmr(scores.impostor, settings.fmr)
