@@ -19,6 +19,7 @@ from backdoorlab.layout import SRC, TASK_PACKAGES, imports, layer_of, module_nam
 TASK_SPECIFIC = {
     "experiments.demos.gaze": "the gaze walkthrough (make demo): tape backdoor, SecureGaze, four-corner GIF",
     "experiments.demos.face_detection": "the face-detection demo: it trains and scores runs, so it sits above tasks",
+    "experiments.demos.face_recognition": "the face-recognition demo: trains and scores runs, so it sits above tasks",
     "defenses.securegaze": "SecureGaze is a defence for gaze regression (it declares Needs(tasks=('gaze',)))",
     "defenses.landmark_shift_reversal": (
         "the LSA reversal reads a face detector's priors and landmarks (it declares Needs(tasks=('face_detection',)))"
