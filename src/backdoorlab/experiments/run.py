@@ -283,6 +283,33 @@ def _sources(n_clean: int, plan: PoisonPlan | None) -> np.ndarray:
     return np.concatenate([own, plan.sources.astype(np.int64)])
 
 
+def _last_layers_on_features(
+    cfg: RunConfig,
+    model: torch.nn.Module,
+    clean_train: ArrayDataset,
+    train_ds: ArrayDataset,
+    plan: PoisonPlan | None,
+    transform: Any,
+    device: torch.device,
+    progress: bool,
+) -> tuple[LastLayers, FeatureDataset]:
+    """The model's last layers and the features they train on (``train.trainable: last``)."""
+    last = LastLayers(model)
+    check_last_layers_contract(model, last, train_ds.batch(np.arange(min(2, len(train_ds))))[0])
+    features = frozen_feature_set(
+        model,
+        clean_train,
+        train_ds,
+        _sources(len(clean_train), plan),
+        np.union1d(plan.poison, plan.cross) if plan is not None else np.zeros(0, np.int64),
+        transform,
+        device=device,
+        cache_dir=cfg.data.cache_dir or default_cache_dir(),
+        progress=progress,
+    )
+    return last, features
+
+
 def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str, Any]:
     task: Task = cfg.build_task()
     device = pick_device(cfg.device)
@@ -320,23 +347,16 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     if len(train_ds) < settings.batch_size:
         raise ConfigError(f"train.batch_size={settings.batch_size} exceeds the {len(train_ds)} training samples")
     fitted, fit_data = model, train_ds
+    features_seconds = 0.0
     if cfg.train.trainable == "last":  # the last layers on the frozen trunk's cached features
         if regularizer is not None:
             raise ConfigError("attack.adaptive needs the whole model in training; it cannot use train.trainable: last")
-        fitted = LastLayers(model)
-        check_last_layers_contract(model, fitted, train_ds.batch(np.arange(min(2, len(train_ds))))[0])
-        fit_data = frozen_feature_set(
-            model,
-            clean_train,
-            train_ds,
-            _sources(len(clean_train), plan),
-            np.union1d(plan.poison, plan.cross) if plan is not None else np.zeros(0, np.int64),
-            transform,
-            device=device,
-            cache_dir=cfg.data.cache_dir or default_cache_dir(),
-            progress=progress,
+        t_features = time.perf_counter()
+        fitted, fit_data = _last_layers_on_features(
+            cfg, model, clean_train, train_ds, plan, transform, device, progress
         )
-        transform = None
+        features_seconds = time.perf_counter() - t_features
+        transform = None  # applied once, before the trunk
         settings.augment = False
     history: list[dict[str, float]] = []
 
@@ -377,6 +397,8 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     )
     if cfg.model.init is not None:
         metrics["task_modules_warm_started"] = warm_started
+    if cfg.train.trainable == "last":
+        metrics["features_seconds"] = features_seconds  # the trunk's pass (cached after the first run)
     attack_eval, scoring = None, None
     if poisoning is not None and cfg.attack is not None and plan is not None:
         scoring = attack_settings(cfg.attack, task)
