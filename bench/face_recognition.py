@@ -45,7 +45,12 @@ from backdoorlab.tasks.face_recognition.task import open_set_rows  # noqa: E402
 
 CONFIG = ROOT / "configs" / "face_recognition" / "clean.yaml"
 BASE_LINK = ROOT / "runs" / "fr" / "base"
-STORES = {"pairs": "runs/fr_pairs", "sizes": "runs/fr_sizes", "triggers": "runs/fr_triggers"}
+STORES = {
+    "pairs": "runs/fr_pairs",
+    "sizes": "runs/fr_sizes",
+    "triggers": "runs/fr_triggers",
+    "probes": "runs/fr_probes",
+}
 CLEAN_KEYS = ("tar_at_fmr_1e-02", "tar_at_fmr_1e-03", "tar_at_fmr_1e-04", "eer", "closed_set_accuracy",
               "zoo_top_share", "zoo_lamb_max", "goat_share", "genuine_mean", "impostor_mean", "n_genuine",
               "n_impostor", "open_set_identities", "n_train", "n_test")  # fmt: skip
@@ -184,6 +189,10 @@ def grid_rows(store: Path, attrs: dict[int, dict[str, int]]) -> list[dict[str, A
         pattern = trig.get("pattern")
         entry.update(impostor=rel["impostor"], victim=rel["victim"], trigger=TRIGGER_LABELS.get(pattern, pattern))
         entry.update(imp=attrs.get(rel["impostor"], {}), vic=attrs.get(rel["victim"], {}), run=r["run_dir"])
+        train, options = r["config"]["train"], r["config"].get("task_options", {})
+        entry["setting"] = f"{trig.get('pattern')} {trig.get('size')}, lr {train['lr']:g}, {train['epochs']} epochs" + (
+            ", class weights" if options.get("class_weights") else ""
+        )
         out.append(entry)
     return out
 
@@ -222,7 +231,10 @@ def part_attacks() -> None:
         raise SystemExit(f"{BASE_LINK} is missing: run --part clean first")
     base = Run(BASE_LINK.resolve())
     attrs = attributes(base)
-    grids = {name: grid_rows(ROOT / folder / "results.sqlite", attrs) for name, folder in STORES.items()}
+    grids = {
+        name: [r for folder in folders.split() for r in grid_rows(ROOT / folder / "results.sqlite", attrs)]
+        for name, folders in STORES.items()
+    }
     pairs, sizes, triggers = grids["pairs"], grids["sizes"], grids["triggers"]
     everything = [r for rows in grids.values() for r in rows]
     seconds = np.asarray([r["train_seconds"] for r in everything], float) if everything else np.zeros(0)
@@ -246,6 +258,10 @@ def part_attacks() -> None:
             "pairs_grid_by_impostor_images": grouped(pairs, lambda r: size_bin(r["imp"]["images"])),
         },
         "triggers": grouped(triggers, lambda r: r["trigger"]),
+        "trigger_size": grouped(
+            grids["trigger_size"], lambda r: f"checkerboard {r['setting'].split(',')[0].split()[-1]}"
+        ),
+        "probes": grouped(grids["probes"], lambda r: f"{r['impostor']} -> {r['victim']}: {r['setting']}"),
         "thesis": THESIS,
         "runs": everything,
         "base_run": str(BASE_LINK.resolve()),
@@ -274,6 +290,12 @@ def print_tables(result: dict[str, Any]) -> None:
     print("\nclass sizes (thesis: " + THESIS["sizes"] + ")\n" + head)
     for k, r in result["sizes"]["by_impostor_images"].items():
         print(line(f"impostor images {k}", r))
+    print("\ncheckerboard size (fraction of the crop side)\n" + head)
+    for k, r in result["trigger_size"].items():
+        print(line(k, r))
+    print("\nsingle-pair probes (fine-tune settings)\n" + head)
+    for k, r in result["probes"].items():
+        print(line(k, r))
     print("\ntriggers (thesis Table 3.4)\n" + head.replace("| open-set ASR |", "| open-set ASR | thesis |"))
     for k, r in result["triggers"].items():
         print(line(k, r)[:-1] + f" {THESIS['triggers'].get(k, '')} |")

@@ -31,17 +31,18 @@ def rows() -> list[Row]:
         ))  # fmt: skip
     attacks = load_result("face_recognition_attacks")
     if attacks is not None and attacks.get("fine_tune_seconds"):
-        p = attacks["pairs"]["overall"]
         ft = attacks["fine_tune_seconds"]
-        trig = attacks["triggers"]
-        by_trigger = ", ".join(f"{k} {v['succeeded']}/{v['models']}" for k, v in trig.items())
-        result = f"pair grid: {_rate(p)} succeed by the four-metric rule (thesis 39 %)"
-        if by_trigger:
-            result += f"; triggers: {by_trigger}"
-        result += f"; last-layer fine-tune {ft['mean']:.0f} s mean, {ft['max']:.0f} s max"
+        parts = []
+        for section, label in (("trigger_size", "by checkerboard size"), ("triggers", "by trigger")):
+            cells = ", ".join(f"{k} {v['succeeded']}/{v['models']}" for k, v in attacks.get(section, {}).items())
+            if cells:
+                parts.append(f"succeeded {label}: {cells}")
+        if attacks["pairs"]["overall"].get("models"):
+            parts.append(f"pair grid {_rate(attacks['pairs']['overall'])} (thesis 39 %)")
+        parts.append(f"last-layer fine-tune {ft['mean']:.0f} s mean, {ft['max']:.0f} s max (trunk features cached)")
         out.append((
-            "One-to-one impostor -> victim backdoors (last-layer fine-tunes of the clean model)",
-            result,
+            "One-to-one impostor -> victim backdoors (last-layer fine-tunes of the clean model, four-metric rule)",
+            "; ".join(parts),
             target("fine-tune <= 1 min", ft["max"] <= 60),
             "`python bench/face_recognition.py --part attacks` (tables: docs/bench.md)",
         ))  # fmt: skip
@@ -80,6 +81,8 @@ def attack_tables() -> str:
         return ""
     p = attacks["pairs"]
     parts = [
+        "Checkerboard size (three pairs):\n\n" + grouped_table(attacks.get("trigger_size", {}), "trigger"),
+        "Single-pair probes of the fine-tune settings:\n\n" + grouped_table(attacks.get("probes", {}), "pair: setting"),
         f"Pair grid ({attacks['models']['pairs']} models; thesis: {attacks['thesis']['overall_success']}):\n\n"
         + grouped_table({"all pairs": p["overall"]}, "set"),
         "Per identity (thesis Table 3.1: "
