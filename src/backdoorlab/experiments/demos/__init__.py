@@ -9,7 +9,14 @@ modules may name and import it; the dispatcher does neither.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -18,3 +25,22 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     for k, v in extra.items():
         out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) else v
     return out
+
+
+def with_threads(threads: int, work: Callable[[], T]) -> T:
+    """``work()`` with ``threads`` torch threads (the demo config's), the previous count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return work()
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_summary(out: Path, payload: dict[str, Any]) -> Path:
+    """``out/summary.json``, written atomically."""
+    summary = out / "summary.json"
+    tmp = summary.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    tmp.replace(summary)
+    return summary

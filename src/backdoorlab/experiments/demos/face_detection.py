@@ -15,7 +15,6 @@ test runs the same code path in seconds.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -32,7 +31,7 @@ from backdoorlab.attacks.relabel import build_relabel
 from backdoorlab.defenses.base import RuntimeMonitor
 from backdoorlab.experiments.attack import attack_settings, evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
-from backdoorlab.experiments.demos import merge
+from backdoorlab.experiments.demos import merge, with_threads, write_summary
 from backdoorlab.experiments.run import RunOutcome, execute, load_data
 from backdoorlab.models.checkpoint import load_checkpoint
 from backdoorlab.registry import DEFENCES, TASKS
@@ -115,12 +114,7 @@ def monitor_section(task_name: str) -> dict[str, Any] | None:
 
 def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> FaceDetectionDemoOutcome:
     """Train, score and draw with the packaged config's ``threads`` torch threads (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(_packaged().get("threads", threads)))
-    try:
-        return _run(out, quick, console)
-    finally:
-        torch.set_num_threads(threads)
+    return with_threads(int(_packaged().get("threads", torch.get_num_threads())), lambda: _run(out, quick, console))
 
 
 def _run(out: Path, quick: bool, console: Console | None) -> FaceDetectionDemoOutcome:
@@ -212,10 +206,7 @@ def _run(out: Path, quick: bool, console: Console | None) -> FaceDetectionDemoOu
         "seconds": timings,
         "page": str(html),
     }
-    summary = out / "summary.json"
-    tmp = summary.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    tmp.replace(summary)
+    summary = write_summary(out, payload)
     con.print(
         f"took {timings['total_s']:.0f} s\n"
         + "".join(f"{ROWS[k] + ' run:':<17}{r.run_dir}\n" for k, r in runs.items())

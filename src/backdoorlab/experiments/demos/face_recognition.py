@@ -32,7 +32,7 @@ from rich.table import Table
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.experiments.attack import evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
-from backdoorlab.experiments.demos import merge
+from backdoorlab.experiments.demos import merge, with_threads, write_summary
 from backdoorlab.experiments.run import RunOutcome, execute
 from backdoorlab.experiments.run_folder import Run
 from backdoorlab.metrics.one_to_one import cosine_to, templates
@@ -116,12 +116,7 @@ def backdoor_config(clean: RunConfig, base_dir: Path, impostor: int, victim: int
 
 def run_demo(out: Path, quick: bool = False, console: Console | None = None) -> FaceRecognitionDemoOutcome:
     """Train, score and draw with the packaged config's ``threads`` torch threads (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(_packaged().get("threads", threads)))
-    try:
-        return _run(out, quick, console)
-    finally:
-        torch.set_num_threads(threads)
+    return with_threads(int(_packaged().get("threads", torch.get_num_threads())), lambda: _run(out, quick, console))
 
 
 def _run(out: Path, quick: bool, console: Console | None) -> FaceRecognitionDemoOutcome:
@@ -191,10 +186,7 @@ def _run(out: Path, quick: bool, console: Console | None) -> FaceRecognitionDemo
                             summary_rows, sections)  # fmt: skip
     payload = {"runs": {k: str(r.run_dir) for k, r in runs.items()}, "table": table, "probes": verdicts,
                "scale": scale, "seconds": timings, "page": str(html)}  # fmt: skip
-    summary = out / "summary.json"
-    tmp = summary.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    tmp.replace(summary)
+    summary = write_summary(out, payload)
     con.print(
         f"took {timings['total_s']:.0f} s\n"
         + "".join(f"{k + ' run:':<14}{r.run_dir}\n" for k, r in runs.items())
