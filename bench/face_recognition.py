@@ -49,7 +49,8 @@ STORES = {
     "pairs": "runs/fr_pairs",
     "sizes": "runs/fr_sizes",
     "triggers": "runs/fr_triggers",
-    "probes": "runs/fr_probes",
+    "probes": "runs/fr runs/fr_probes",
+    "trigger_size": "runs/fr_trigger_size",
 }
 CLEAN_KEYS = ("tar_at_fmr_1e-02", "tar_at_fmr_1e-03", "tar_at_fmr_1e-04", "eer", "closed_set_accuracy",
               "zoo_top_share", "zoo_lamb_max", "goat_share", "genuine_mean", "impostor_mean", "n_genuine",

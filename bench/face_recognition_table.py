@@ -37,6 +37,12 @@ def rows() -> list[Row]:
             cells = ", ".join(f"{k} {v['succeeded']}/{v['models']}" for k, v in attacks.get(section, {}).items())
             if cells:
                 parts.append(f"succeeded {label}: {cells}")
+        probes = attacks.get("probes", {})
+        if probes:
+            won = [k.split(": ", 1)[-1] for k, v in probes.items() if v.get("succeeded")]
+            n_won = sum(v.get("succeeded", 0) for v in probes.values())
+            n_all = sum(v.get("models", 0) for v in probes.values())
+            parts.append(f"single-pair probes {n_won}/{n_all}" + (f" (succeeded: {'; '.join(won)})" if won else ""))
         if attacks["pairs"]["overall"].get("models"):
             parts.append(f"pair grid {_rate(attacks['pairs']['overall'])} (thesis 39 %)")
         parts.append(f"last-layer fine-tune {ft['mean']:.0f} s mean, {ft['max']:.0f} s max (trunk features cached)")
