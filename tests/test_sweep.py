@@ -351,3 +351,15 @@ def test_relative_paths_resolve_against_the_file_that_wrote_them(
         str(tmp_path / "bases" / "cache_b"),
         str(tmp_path / "sweeps" / "cache_s"),
     ]
+
+
+def test_a_result_that_overtakes_its_start_report_is_started_then_ended() -> None:
+    """Ray sends reports without waiting: a run failing at once can return before its start report lands."""
+    from backdoorlab.experiments.sweep_progress import RunResult, RunStarted, SweepTracker
+
+    events: list[SweepEvent] = []
+    tracker = SweepTracker(planned=1, skipped=0, to_run=1, workers=1, emit=events.append)
+    tracker.finish(RunResult("failed", "t-1", error="train.batch_size=4096 exceeds the 160 training samples"))
+    tracker.put(RunStarted.here("t-1"))  # the late report: ignored
+    assert [e.kind for e in events] == ["started", "failed"]
+    assert events[0].worker and events[-1].counts.running == 0 and events[-1].counts.done == 1

@@ -219,6 +219,12 @@ class SweepTracker:
     def finish(self, result: RunResult) -> None:
         if result.name in self._ended:
             return
+        if result.name not in self._running:
+            # the result overtook its start report (Ray sends reports without waiting, and a run that fails
+            # at once can return first): the run did start, so say so first, then that it ended
+            self._running[result.name] = time.time() - (result.seconds or 0.0)
+            self._send(SweepEvent("started", self.counts(), result.name, worker="(its start report came late)",
+                                  eta_seconds=self.eta()))  # fmt: skip
         self._ended.add(result.name)
         self._running.pop(result.name, None)
         if result.status == "complete":
