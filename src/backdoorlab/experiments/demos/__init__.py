@@ -27,6 +27,15 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def packaged_config(file_name: str) -> dict[str, Any]:
+    """A demo config shipped inside the package (``backdoorlab/configs/FILE_NAME``), as a mapping."""
+    from importlib import resources
+
+    import yaml
+
+    return yaml.safe_load((resources.files("backdoorlab") / "configs" / file_name).read_text())
+
+
 def with_threads(threads: int, work: Callable[[], T]) -> T:
     """``work()`` with ``threads`` torch threads (the demo config's), the previous count restored after."""
     before = torch.get_num_threads()

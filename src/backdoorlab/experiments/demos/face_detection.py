@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from markupsafe import escape
 from rich.console import Console
 from rich.table import Table
@@ -31,7 +29,7 @@ from backdoorlab.attacks.relabel import build_relabel
 from backdoorlab.defenses.base import RuntimeMonitor
 from backdoorlab.experiments.attack import attack_settings, evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
-from backdoorlab.experiments.demos import merge, with_threads, write_summary
+from backdoorlab.experiments.demos import merge, packaged_config, with_threads, write_summary
 from backdoorlab.experiments.run import RunOutcome, execute, load_data
 from backdoorlab.models.checkpoint import load_checkpoint
 from backdoorlab.registry import DEFENCES, TASKS
@@ -76,8 +74,7 @@ class FaceDetectionDemoOutcome:
 
 
 def _packaged() -> dict[str, Any]:
-    text = (resources.files("backdoorlab") / "configs" / "demo_face_detection.yaml").read_text()
-    return yaml.safe_load(text)
+    return packaged_config("demo_face_detection.yaml")
 
 
 def demo_configs(quick: bool = False) -> dict[str, RunConfig]:

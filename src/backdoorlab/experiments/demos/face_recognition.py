@@ -18,13 +18,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +30,7 @@ from rich.table import Table
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.experiments.attack import evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
-from backdoorlab.experiments.demos import merge, with_threads, write_summary
+from backdoorlab.experiments.demos import merge, packaged_config, with_threads, write_summary
 from backdoorlab.experiments.run import RunOutcome, execute
 from backdoorlab.experiments.run_folder import Run
 from backdoorlab.metrics.one_to_one import cosine_to, templates
@@ -76,8 +74,7 @@ class FaceRecognitionDemoOutcome:
 
 
 def _packaged() -> dict[str, Any]:
-    text = (resources.files("backdoorlab") / "configs" / "demo_face_recognition.yaml").read_text()
-    return yaml.safe_load(text)
+    return packaged_config("demo_face_recognition.yaml")
 
 
 def clean_config(quick: bool = False) -> RunConfig:

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -31,7 +29,7 @@ from backdoorlab.data.synthetic.sequence import corner_sequence
 from backdoorlab.experiments.attack import attack_settings, evaluate_attack, load_run_attack
 from backdoorlab.experiments.config import RunConfig, validate_config
 from backdoorlab.experiments.defend import mitigate_run
-from backdoorlab.experiments.demos import merge
+from backdoorlab.experiments.demos import merge, packaged_config
 from backdoorlab.experiments.run import RunOutcome, execute, load_data
 from backdoorlab.geometry import angular_error_deg
 from backdoorlab.models.checkpoint import load_checkpoint
@@ -77,19 +75,15 @@ class DemoOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _packaged_yaml(name: str) -> dict[str, Any]:
-    return yaml.safe_load((resources.files("backdoorlab") / "configs" / name).read_text())
-
-
 def demo_configs(quick: bool = False) -> tuple[RunConfig, RunConfig]:
     """(clean, backdoored): the same data, model and schedule; the second adds the tape attack."""
-    raw = _packaged_yaml("demo_gaze.yaml")
+    raw = packaged_config("demo_gaze.yaml")
     if quick:
         raw = merge(raw, QUICK_OVERRIDES)
         raw["name"] = "demo-quick"
     clean = validate_config(raw, "demo config")
     attacked = validate_config(
-        {**raw, "name": _backdoored_name(raw["name"]), "attack": _packaged_yaml("demo_attack.yaml")},
+        {**raw, "name": _backdoored_name(raw["name"]), "attack": packaged_config("demo_attack.yaml")},
         "demo attack config",
     )
     return clean, attacked
