@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backdoorlab.errors import BackdoorLabError
-from backdoorlab.metrics.verification_pairs import genuine_pairs, pair_scores, zoo_summary
+from backdoorlab.metrics.verification_pairs import genuine_pairs, pair_cosines, pair_scores, zoo_summary
 
 
 @settings(max_examples=40, deadline=None)
@@ -29,6 +29,16 @@ def test_small_sets_give_every_pair_once_with_its_cosine(ids: list[int], seed: i
     for pairs, scores in ((got.genuine_pairs, got.genuine), (got.impostor_pairs, got.impostor)):
         for (i, j), s in zip(pairs, scores, strict=True):
             assert s == pytest.approx(unit[i] @ unit[j])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 60), st.integers(1, 17), st.integers(0, 1000))
+def test_pair_cosines_in_chunks_equal_the_whole_gather(n_pairs: int, chunk: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    unit = rng.normal(size=(9, 4))
+    pairs = rng.integers(0, 9, (n_pairs, 2))
+    whole = np.einsum("nd,nd->n", unit[pairs[:, 0]], unit[pairs[:, 1]])
+    np.testing.assert_array_equal(pair_cosines(unit, pairs, chunk=chunk), whole)
 
 
 def test_many_pairs_are_sampled_to_the_caps_and_are_all_impostors() -> None:

@@ -228,3 +228,16 @@ def test_scoring_only_the_attack_rows_gives_what_triggering_every_image_gives(
                 "trigger_spread_rate"):  # fmt: skip
         assert fast.metrics[key] == pytest.approx(slow.metrics[key]), key
     assert len(fast.psnr) == len(rows) and len(slow.psnr) == len(run.test_data)
+
+
+def test_open_set_scores_are_computed_once_per_embeddings(splits: tuple[ArrayDataset, ArrayDataset]) -> None:
+    test = splits[1]
+    emb = np.random.default_rng(0).normal(size=(len(test), 8)).astype(np.float32)
+    task = FaceRecognitionTask()
+    first = task.open_set_scores(emb, test)
+    assert first is not None and task.open_set_scores(emb.copy(), test) is first  # same values: kept
+    other = emb.copy()
+    other[test.annotations["open_set"] == 1] *= -1.0  # different embeddings: computed again
+    again = task.open_set_scores(other, test)
+    assert again is not first and again is not None
+    np.testing.assert_allclose(again.impostor, first.impostor)  # cos(-a, -b) = cos(a, b)

@@ -23,6 +23,8 @@ from numpy.typing import ArrayLike
 
 from backdoorlab.errors import BackdoorLabError
 
+PAIR_CHUNK = 16_384
+
 
 @dataclass(frozen=True)
 class PairScores:
@@ -83,10 +85,21 @@ def pair_scores(
         imp = np.concatenate([imp, draw[ids[draw[:, 0]] != ids[draw[:, 1]]]])
     imp = imp[:max_impostor]
 
-    def scores(pairs: np.ndarray) -> np.ndarray:
-        return np.einsum("nd,nd->n", emb[pairs[:, 0]], emb[pairs[:, 1]]) if len(pairs) else np.zeros(0)
+    return PairScores(pair_cosines(emb, gen), pair_cosines(emb, imp), gen, imp)
 
-    return PairScores(scores(gen), scores(imp), gen, imp)
+
+def pair_cosines(unit: np.ndarray, pairs: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
+    """Dot products of the rows named by each pair, ``chunk`` pairs at a time.
+
+    Why chunked: gathering both sides of a million pairs of 512-d float64 embeddings at
+    once holds 8 GB of temporaries (this was most of a recognition fine-tune's peak
+    memory); chunks of 16,384 hold 134 MB and give the same numbers.
+    """
+    out = np.empty(len(pairs), np.float64)
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        out[start : start + len(part)] = np.einsum("nd,nd->n", unit[part[:, 0]], unit[part[:, 1]])
+    return out
 
 
 def zoo_summary(scores: PairScores, identities: ArrayLike, threshold: float, top: float = 0.1) -> dict[str, float]:

@@ -69,14 +69,18 @@ def save_task_modules(modules: Mapping[str, nn.Module], directory: str | os.Path
     return out
 
 
+def module_state(state: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The entries of one task module in a :func:`save_task_modules` state, its prefix taken off."""
+    prefix = f"{name}."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def load_task_modules(modules: Mapping[str, nn.Module], directory: str | os.PathLike[str]) -> None:
     """Restore :func:`save_task_modules` into freshly built modules (a missing or extra key is an error)."""
     state = read_state_dict(Path(directory) / TASK_MODULES_FILE)
     for name, module in modules.items():
-        prefix = f"{name}."
-        own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         try:
-            module.load_state_dict(own)
+            module.load_state_dict(module_state(state, name))
         except RuntimeError as exc:
             raise CheckpointError(f"{Path(directory) / TASK_MODULES_FILE}: module {name!r}: {exc}") from None
 

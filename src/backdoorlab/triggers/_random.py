@@ -43,3 +43,12 @@ def per_sample_normal(seed: int, indices: np.ndarray | torch.Tensor, draws: int)
     u = per_sample_uniform(seed, indices, 2 * draws).double()
     u1, u2 = u[:, :draws].clamp_min(1e-12), u[:, draws:]
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).float()
+
+
+def per_epoch_coin(seed: int, stream: int, epoch: int, indices: np.ndarray | torch.Tensor, p: float) -> torch.Tensor:
+    """(B,) bool: each sample's coin with probability ``p``, fresh every epoch, the same in any batch.
+
+    ``stream`` keeps one augmentation's coins apart from another's under the same seed
+    (a flip and a colour jitter must not always fire together).
+    """
+    return per_sample_uniform(seed ^ (stream + 7919 * epoch), indices, 1)[:, 0] < p

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from backdoorlab.data.instances import InstanceBatch
-from backdoorlab.triggers._random import per_sample_uniform
+from backdoorlab.triggers._random import per_epoch_coin
 
 Tensor = torch.Tensor
 
@@ -68,8 +68,7 @@ def random_flip(
     """Flip each image with probability ``p`` (seeded per sample and epoch), annotations along."""
     if p <= 0:
         return images, annotations
-    idx = np.asarray(indices, dtype=np.int64)
-    flip = per_sample_uniform(seed ^ (_FLIP_STREAM + 7919 * epoch), idx, 1)[:, 0] < p
+    flip = per_epoch_coin(seed, _FLIP_STREAM, epoch, np.asarray(indices, dtype=np.int64), p)
     if not flip.any():
         return images, annotations
     out = images.clone()
