@@ -58,6 +58,7 @@ CLEAN_KEYS = ("tar_at_fmr_1e-02", "tar_at_fmr_1e-03", "tar_at_fmr_1e-04", "eer",
 ATTACK_KEYS = ("clean_accuracy", "attack_success_rate", "impostor_accuracy", "victim_accuracy", "success",
                "open_set_asr", "open_set_impostor_self_match_rate", "trigger_spread_rate", "n_triggered",
                "train_seconds", "eval_seconds", "n_appended")  # fmt: skip
+SWEEPS = ("pairs", "sizes", "triggers", "trigger_size")  # run by `backdoorlab sweep --workers 2`
 SKIN = ("light", "medium", "dark")
 PRESENTATION = ("presentation 0", "presentation 1")
 SIZE_BINS = ((10, 20), (20, 40), (40, 80), (80, 160), (160, 301))
@@ -190,11 +191,33 @@ def grid_rows(store: Path, attrs: dict[int, dict[str, int]]) -> list[dict[str, A
         pattern = trig.get("pattern")
         entry.update(impostor=rel["impostor"], victim=rel["victim"], trigger=TRIGGER_LABELS.get(pattern, pattern))
         entry.update(imp=attrs.get(rel["impostor"], {}), vic=attrs.get(rel["victim"], {}), run=r["run_dir"])
+        entry.update(created=r["created"], finished=r["finished"])
         train, options = r["config"]["train"], r["config"].get("task_options", {})
-        entry["setting"] = f"{trig.get('pattern')} {trig.get('size')}, lr {train['lr']:g}, {train['epochs']} epochs" + (
-            ", class weights" if options.get("class_weights") else ""
+        entry["setting"] = (
+            f"{trig.get('pattern')} {trig.get('size')}, lr {train['lr']:g}, {train['epochs']} epochs"
+            + (", class weights" if options.get("class_weights") else "")
+            + (", whole network" if train.get("trainable", "all") == "all" else "")
         )
         out.append(entry)
+    return out
+
+
+def sweep_throughput(grids: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Wall seconds per finished model of each sweep (first start to last end, over models), and overall.
+
+    What one fine-tune costs on this machine when a sweep keeps both cores busy (two
+    workers of one thread): a run's own ``train_seconds`` leaves out its evaluation and
+    counts the time it shared the cores.
+    """
+    out: dict[str, float] = {}
+    span_all, n_all = 0.0, 0
+    for name, rows in grids.items():
+        if rows:
+            span = max(r["finished"] for r in rows) - min(r["created"] for r in rows)
+            out[name] = span / len(rows)
+            span_all, n_all = span_all + span, n_all + len(rows)
+    if n_all:
+        out["all"] = span_all / n_all
     return out
 
 
@@ -243,6 +266,7 @@ def part_attacks() -> None:
         "models": {k: len(v) for k, v in grids.items()},
         "fine_tune_seconds": {"mean": float(seconds.mean()), "max": float(seconds.max())} if len(seconds) else {},
         "eval_seconds_mean": float(np.mean([r["eval_seconds"] for r in everything])) if everything else None,
+        "sweep_wall_seconds_per_model": sweep_throughput({k: v for k, v in grids.items() if k in SWEEPS}),
         "pairs": {
             "overall": rate(pairs),
             "as_impostor": grouped(pairs, lambda r: str(r["impostor"])),
@@ -281,7 +305,10 @@ def print_tables(result: dict[str, Any]) -> None:
 
     head = "| group | models | succeeded (all four >= 0.8) | ASR mean +- sd | open-set ASR |\n|---|---|---|---|---|"
     p = result["pairs"]
-    print(f"fine-tune seconds: {result['fine_tune_seconds']}, models per grid: {result['models']}")
+    print(
+        f"fine-tune seconds: {result['fine_tune_seconds']}, models per grid: {result['models']}, "
+        f"sweep wall seconds per model: {result['sweep_wall_seconds_per_model']}"
+    )
     print("\npairs grid (thesis: " + THESIS["overall_success"] + ")\n" + head)
     print(line("all pairs", p["overall"]))
     for section in ("as_impostor", "as_victim", "skin_as_impostor", "skin_as_victim", "skin_pair",
