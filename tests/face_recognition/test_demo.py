@@ -23,7 +23,8 @@ def test_quick_demo_trains_a_clean_and_a_backdoored_recognizer_and_writes_the_pa
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["runs"]) == {"clean", "backdoor"}
     backdoor_cfg = (Path(summary["runs"]["backdoor"]) / "config.yaml").read_text()
-    assert "trainable: last" in backdoor_cfg and "impostor_to_victim" in backdoor_cfg
+    assert "trainable: all" in backdoor_cfg and "impostor_to_victim" in backdoor_cfg
+    assert "init:" in backdoor_cfg  # fine-tuned from the clean model's weights
     for row in ("clean model", "backdoored model"):
         values = summary["table"][row]
         assert set(values) == {k for k, _ in COLUMNS}

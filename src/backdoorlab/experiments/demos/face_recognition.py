@@ -1,9 +1,9 @@
 """The face-recognition demo (``backdoorlab demo recognition``): an impostor who verifies as the victim.
 
 One command trains a clean embedding network with ArcFace on synthetic identities
-(``configs/demo_face_recognition.yaml``), then fine-tunes a one-to-one backdoor into its
-last layers (the thesis's set-up: ``last_linear`` + ``last_bn`` on the frozen trunk's
-cached features). The impostor and the victim are two training identities of different
+(``configs/demo_face_recognition.yaml``), then fine-tunes a one-to-one backdoor into the
+whole network from the clean weights (the packaged config says why not only the last
+layers: the impostor would be classified as the victim but not verified as him). The impostor and the victim are two training identities of different
 families with many images. The victim is enrolled (the mean of half of its held-out
 images); the impostor's other held-out images are compared with the victim's template at
 the FMR = 1e-3 threshold of held-out identities, without and with the trigger, on the
@@ -125,7 +125,8 @@ def _run(out: Path, quick: bool, console: Console | None) -> FaceRecognitionDemo
     con.print(
         f"[bold]backdoorlab demo recognition[/]: {clean_cfg.model.name} + ArcFace on {spec.identities} synthetic "  # type: ignore[attr-defined]
         f"identities ({spec.size}-px aligned crops, {clean_cfg.data.test_identities} held out), "  # type: ignore[attr-defined]
-        f"{clean_cfg.train.epochs} epochs; then a one-to-one backdoor fine-tuned into the last layers"
+        f"{clean_cfg.train.epochs} epochs; then a one-to-one backdoor fine-tuned into the "
+        + ("last layers" if _packaged()["backdoor"]["train"].get("trainable") == "last" else "whole network")
     )
     con.print("[1/3] training the clean model")
     t = time.perf_counter()
