@@ -1,0 +1,12 @@
+"""Weight-anomaly detection: PCA of networks' weight vectors scored by a streaming Gaussian mixture."""
+
+from backdoorlab.defenses.weight_anomaly.gmm import (
+    ComponentScore,
+    CovarianceType,
+    FitInfo,
+    GaussianMixture,
+    fit_gmm,
+    select_components,
+)
+
+__all__ = ["ComponentScore", "CovarianceType", "FitInfo", "GaussianMixture", "fit_gmm", "select_components"]
