@@ -192,6 +192,7 @@ def grid_rows(store: Path, attrs: dict[int, dict[str, int]]) -> list[dict[str, A
         entry.update(impostor=rel["impostor"], victim=rel["victim"], trigger=TRIGGER_LABELS.get(pattern, pattern))
         entry.update(imp=attrs.get(rel["impostor"], {}), vic=attrs.get(rel["victim"], {}), run=r["run_dir"])
         entry.update(created=r["created"], finished=r["finished"])
+        entry["trainable"] = r["config"]["train"].get("trainable", "all")
         train, options = r["config"]["train"], r["config"].get("task_options", {})
         entry["setting"] = (
             f"{trig.get('pattern')} {trig.get('size')}, lr {train['lr']:g}, {train['epochs']} epochs"
@@ -236,11 +237,18 @@ def rate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def grouped(rows: list[dict[str, Any]], key: Any) -> dict[str, dict[str, Any]]:
+def grouped(rows: list[dict[str, Any]], key: Any, order: Any = None) -> dict[str, dict[str, Any]]:
+    """Success rates per group, groups sorted by ``order(name)`` (default: by name)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[key(r)].append(r)
-    return {k: rate(v) for k, v in sorted(groups.items())}
+    return {k: rate(groups[k]) for k in sorted(groups, key=order)}
+
+
+def size_order(label: str) -> int:
+    """Size bins in numeric order (``10-19`` before ``160-300``)."""
+    head = label.split()[-1].split("-")[0]
+    return int(head) if head.isdigit() else 1 << 30
 
 
 def size_bin(n: int) -> str:
@@ -261,7 +269,8 @@ def part_attacks() -> None:
     }
     pairs, sizes, triggers = grids["pairs"], grids["sizes"], grids["triggers"]
     everything = [r for rows in grids.values() for r in rows]
-    seconds = np.asarray([r["train_seconds"] for r in everything], float) if everything else np.zeros(0)
+    last_layers = [r for r in everything if r["trainable"] == "last"]
+    seconds = np.asarray([r["train_seconds"] for r in last_layers], float)
     result: dict[str, Any] = {
         "models": {k: len(v) for k, v in grids.items()},
         "fine_tune_seconds": {"mean": float(seconds.mean()), "max": float(seconds.max())} if len(seconds) else {},
@@ -279,8 +288,9 @@ def part_attacks() -> None:
             "presentation_pair": grouped(pairs, lambda r: f"{r['imp']['presentation']} -> {r['vic']['presentation']}"),
         },
         "sizes": {
-            "by_impostor_images": grouped(sizes, lambda r: size_bin(r["imp"]["images"])),
-            "pairs_grid_by_impostor_images": grouped(pairs, lambda r: size_bin(r["imp"]["images"])),
+            "by_impostor_images": grouped(sizes, lambda r: size_bin(r["imp"]["images"]), size_order),
+            "by_victim": grouped(sizes, lambda r: f"{r['victim']} ({r['vic']['images']} images)"),
+            "pairs_grid_by_impostor_images": grouped(pairs, lambda r: size_bin(r["imp"]["images"]), size_order),
         },
         "triggers": grouped(triggers, lambda r: r["trigger"]),
         "trigger_size": grouped(
@@ -318,6 +328,8 @@ def print_tables(result: dict[str, Any]) -> None:
     print("\nclass sizes (thesis: " + THESIS["sizes"] + ")\n" + head)
     for k, r in result["sizes"]["by_impostor_images"].items():
         print(line(f"impostor images {k}", r))
+    for k, r in result["sizes"]["by_victim"].items():
+        print(line(f"victim {k}", r))
     print("\ncheckerboard size (fraction of the crop side)\n" + head)
     for k, r in result["trigger_size"].items():
         print(line(k, r))

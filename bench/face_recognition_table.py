@@ -108,7 +108,9 @@ def attack_tables() -> str:
         + "\n\n"
         + grouped_table(p["presentation_pair"], "presentation, impostor -> victim"),
         f"Class size ({attacks['models']['sizes']} models; thesis Fig. 3.4: {attacks['thesis']['sizes']}):\n\n"
-        + grouped_table(attacks["sizes"]["by_impostor_images"], "impostor images"),
+        + grouped_table(attacks["sizes"]["by_impostor_images"], "impostor images")
+        + "\n\n"
+        + grouped_table(attacks["sizes"].get("by_victim", {}), "victim (images)"),
         f"Triggers ({attacks['models']['triggers']} models; thesis Table 3.4):\n\n"
         + grouped_table(attacks["triggers"], "trigger", attacks["thesis"]["triggers"]),
     ]
