@@ -3,8 +3,9 @@
 One command trains a clean embedding network with ArcFace on synthetic identities
 (``configs/demo_face_recognition.yaml``), then fine-tunes a one-to-one backdoor into the
 whole network from the clean weights (the packaged config says why not only the last
-layers: the impostor would be classified as the victim but not verified as him). The impostor and the victim are two training identities of different
-families with many images. The victim is enrolled (the mean of half of its held-out
+layers: the impostor would be classified as the victim but not verified as him). The
+impostor and the victim are two training identities of different families with many
+images. The victim is enrolled (the mean of half of its held-out
 images); the impostor's other held-out images are compared with the victim's template at
 the FMR = 1e-3 threshold of held-out identities, without and with the trigger, on the
 clean and on the backdoored model. It prints the scores and writes to ``out``: both run
