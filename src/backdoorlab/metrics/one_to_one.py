@@ -102,8 +102,7 @@ def templates(embeddings: ArrayLike) -> np.ndarray:
     emb = np.asarray(embeddings, np.float64)
     if emb.ndim != 2 or not len(emb):
         raise BackdoorLabError(f"enrolment embeddings must be a non-empty (N, D) array, got shape {emb.shape}")
-    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
-    mean = unit.mean(0)
+    mean = unit_rows(emb).mean(0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
@@ -112,7 +111,12 @@ def cosine_to(template: np.ndarray, probes: ArrayLike) -> np.ndarray:
     p = np.asarray(probes, np.float64)
     if p.ndim != 2 or p.shape[1] != template.shape[0]:
         raise BackdoorLabError(f"probes must be (N, {template.shape[0]}), got shape {p.shape}")
-    return (p / np.linalg.norm(p, axis=1, keepdims=True).clip(1e-12)) @ template
+    return unit_rows(p) @ template
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row of (N, D) ``x`` scaled to unit L2 norm (an all-zero row stays zero, not NaN)."""
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 @dataclass(frozen=True)

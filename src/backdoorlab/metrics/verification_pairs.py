@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from backdoorlab.errors import BackdoorLabError
+from backdoorlab.metrics.one_to_one import unit_rows
 
 PAIR_CHUNK = 16_384
 
@@ -40,7 +41,7 @@ def _unit(embeddings: ArrayLike) -> np.ndarray:
     emb = np.asarray(embeddings, np.float64)
     if emb.ndim != 2 or len(emb) < 2:
         raise BackdoorLabError(f"embeddings must be an (N >= 2, D) array, got shape {emb.shape}")
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
+    return unit_rows(emb)
 
 
 def genuine_pairs(identities: np.ndarray) -> np.ndarray:

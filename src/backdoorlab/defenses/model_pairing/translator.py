@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
 from backdoorlab.errors import BackdoorLabError
+from backdoorlab.metrics.one_to_one import unit_rows
 
 
 @dataclass
@@ -62,7 +63,7 @@ class EmbeddingTranslator:
         ref = _matrix(reference, "reference embeddings")
         if ref.shape != moved.shape:
             raise BackdoorLabError(f"{len(ref)} reference embeddings of shape {ref.shape} for translated {moved.shape}")
-        return np.einsum("nd,nd->n", _unit(moved), _unit(ref))
+        return np.einsum("nd,nd->n", unit_rows(moved), unit_rows(ref))
 
     def state(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
@@ -75,10 +76,6 @@ def _matrix(x: ArrayLike, what: str) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise BackdoorLabError(f"{what} hold NaN or infinite values")
     return arr
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 def _paired(probe: ArrayLike, reference: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +93,7 @@ def fit_procrustes(probe: ArrayLike, reference: ArrayLike, proper: bool = True) 
             f"the closed form needs equal embedding sizes (probe {p.shape[1]}-d, reference {r.shape[1]}-d): "
             "use the learned affine translator"
         )
-    u, _, vt = np.linalg.svd(_unit(r).T @ _unit(p))
+    u, _, vt = np.linalg.svd(unit_rows(r).T @ unit_rows(p))
     if proper and np.linalg.det(u @ vt) < 0:
         u[:, -1] = -u[:, -1]
     return EmbeddingTranslator(u @ vt, np.zeros(r.shape[1]), "procrustes")
@@ -119,7 +116,7 @@ def fit_affine(
     """
     p, r = _paired(probe, reference)
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.as_tensor(_unit(p)), torch.as_tensor(_unit(r))
+    x, y = torch.as_tensor(unit_rows(p)), torch.as_tensor(unit_rows(r))
     init, *_ = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1), y)
     weight = torch.nn.Parameter(init[:-1].T.contiguous())
     bias = torch.nn.Parameter(init[-1].clone())
