@@ -157,11 +157,13 @@ class WeightAnomalyDetector(PopulationDetector):
         fitting = [refs[i] for i in order[n_cal:]]
         calibration = [refs[i] for i in order[:n_cal]]
         self.densities = [self._fit_density(fitting, layer, view) for layer in self.layers for view in self.views]
-        for density in self.densities:
+        fused = np.zeros(len(calibration))
+        for density in self.densities:  # each calibration network's raw scores once: statistics, then fused scores
             raw = np.asarray([density.raw_score(m) for m in calibration])
             density.center = float(raw.mean())
             density.scale = float(raw.std()) if len(raw) > 1 and raw.std() > 0 else max(abs(density.center), 1.0)
-        self.threshold = calibrated_threshold([self._fused(m)[0] for m in calibration], self.max_fpr)
+            fused += (raw - density.center) / density.scale
+        self.threshold = calibrated_threshold(fused, self.max_fpr)
         return self
 
     def _fit_density(self, models: Sequence[Any], layer: str, view: View) -> LayerDensity:
