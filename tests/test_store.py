@@ -262,10 +262,16 @@ def _open_and_list(path: str) -> str | None:
 
 
 def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
-    """Regression (CI): two sweeps creating one store both added its newer columns ("duplicate column name")."""
+    """Regression (CI): two sweeps creating one store both added its newer columns ("duplicate column name").
+
+    Spawned, not forked: a fork of the test worker (threads running, signal handlers
+    installed) once left a pool process blocked on the pool's queue lock after
+    ``terminate``, and the suite hung until CI's time ran out. ``map_async(...).get``
+    with a timeout turns any such hang into a failure.
+    """
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
         for attempt in range(12):
             path = str(tmp_path / f"store{attempt}" / "results.sqlite")
-            assert pool.map(_open_and_list, [path] * 4) == [None] * 4
+            assert pool.map_async(_open_and_list, [path] * 4).get(timeout=120) == [None] * 4

@@ -41,7 +41,6 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -59,6 +58,7 @@ from backdoorlab.experiments.config import (
     validate_model,
 )
 from backdoorlab.experiments.folder_seal import run_folder_problem
+from backdoorlab.experiments.fresh_processes import FreshProcessPool
 from backdoorlab.experiments.run import terminate_as_interrupt
 from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.experiments.sweep_progress import RunResult, RunStarted, SweepEvent, SweepTracker
@@ -279,11 +279,12 @@ def _run_local(
     :class:`RunStarted` on a Manager queue as it begins (and its result as it ends),
     which the driver drains every half second, so "started" means started, not submitted.
 
-    Each pooled run gets a fresh process (``max_tasks_per_child=1``): a worker that took
+    Each pooled run gets a fresh process (:class:`FreshProcessPool`): a worker that took
     run after run kept what the previous ones left (allocator fragmentation, cached
     datasets and features), and in a recognition fine-tune sweep one worker grew to
     12.4 GB and the machine ran out of memory. A fresh process costs the imports (about
-    2 s), small beside any run."""
+    2 s), small beside any run. (Not ``ProcessPoolExecutor(max_tasks_per_child=1)``:
+    on Python 3.11 it can deadlock, see :mod:`~backdoorlab.experiments.fresh_processes`.)"""
     import multiprocessing
 
     cores = os.cpu_count() or 1
@@ -298,22 +299,19 @@ def _run_local(
     ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
     manager = SyncManager(ctx=ctx)
     manager.start(_die_with_parent)  # the queue's server process, too, goes with the sweep
-    with manager, ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_die_with_parent, max_tasks_per_child=1
-    ) as pool:
+    with manager:
         reports = manager.Queue()
-        futures = {
-            pool.submit(_pool_run_one, r.config.model_dump_json(), root, store, threads, reports): r for r in todo
-        }
-        pending = set(futures)
+        pool = FreshProcessPool(workers, ctx, initializer=_die_with_parent)
+        for i, run in enumerate(todo):
+            pool.submit(i, _pool_run_one, run.config.model_dump_json(), root, store, threads, reports)
         try:
-            while pending:
-                done, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            while pool.outstanding:
+                done = pool.poll(timeout=_POLL_SECONDS)
                 tracker.drain(reports)
-                for fut in done:
-                    tracker.finish(_collect(fut.result, futures[fut].config.name, "worker crashed"))
+                for end in done:
+                    tracker.finish(_collect(end.get, todo[end.key].config.name, "worker crashed"))
         except BaseException:
-            _stop_workers(pool)
+            pool.stop()  # its runs record themselves as interrupted
             raise
 
 
@@ -345,19 +343,6 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and SIGTERM the workers (their runs record themselves as interrupted)."""
-    import signal
-
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown forgets them
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        process.join(timeout=60)
 
 
 def _run_ray(
