@@ -434,6 +434,45 @@ def detect(
     console.print(f"written: {path}")
 
 
+@app.command("detect-population")
+@friendly_errors
+def detect_population(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run folders to inspect")],
+    reference: Annotated[
+        list[Path] | None, typer.Option(help="a clean reference run the detector learns from (repeatable)")
+    ] = None,
+    reference_store: Annotated[
+        Path | None, typer.Option(help="a results store whose complete clean runs are all references")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="a registered population-detection method (default: weight_anomaly)")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=_CONFIG_HELP)] = None,
+    param: Annotated[list[str] | None, typer.Option(help=_PARAM_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default RUN_DIR/defence/METHOD per run)")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (default: the config's, else auto)")] = None,
+    unsafe_load: Annotated[bool, typer.Option(help="read non-safetensors weights (trusted files only)")] = False,
+) -> None:
+    """Are these models backdoored, judged by their weights against clean reference models? Exit 0 either way."""
+    from backdoorlab.experiments.defence_config import load_defence_config, parse_params
+    from backdoorlab.experiments.defend import clean_runs, detect_population
+
+    references = list(reference or []) + (clean_runs(reference_store) if reference_store else [])
+    if not references:
+        raise ConfigError("no reference networks: pass --reference RUN (repeatable) or --reference-store STORE")
+    settings = load_defence_config(
+        "population detection", config, method, parse_params(param), device, default_method="weight_anomaly"
+    )
+    results = detect_population(run_dirs, references, settings, out_dir=out, unsafe_load=unsafe_load)
+    table = Table(title=f"{settings.method}: {len(references)} clean references")
+    for col in ("run", "verdict", "score", "threshold", "written"):
+        table.add_column(col)
+    for run_dir, (verdict, path) in zip(run_dirs, results, strict=True):
+        flag = "[bold red]BACKDOORED[/]" if verdict.backdoored else "[green]clean[/]"
+        table.add_row(escape(str(run_dir)), flag, f"{verdict.score:.2f}", f"{verdict.threshold:.2f}", escape(str(path)))
+    console.print(table)
+
+
 @app.command()
 @friendly_errors
 def mitigate(

@@ -25,6 +25,7 @@ from backdoorlab.defenses.landmark_shift_reversal import LandmarkShiftReversal
 from backdoorlab.defenses.neural_cleanse import NeuralCleanse
 from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
 from backdoorlab.defenses.settings import DefenceConfig
+from backdoorlab.defenses.weight_anomaly import WeightAnomalyDetector
 
 __all__ = [
     "AuxLandmarkerMonitor",
@@ -45,4 +46,5 @@ __all__ = [
     "SecureGazeUnlearning",
     "TransformMonitor",
     "Verdict",
+    "WeightAnomalyDetector",
 ]

@@ -21,17 +21,20 @@ from PIL import Image
 from torch import nn
 
 from backdoorlab.data.arrays import ArrayDataset
-from backdoorlab.defenses.base import Detector, Mitigator, Verdict
+from backdoorlab.defenses.base import Detector, Mitigator, PopulationDetector, Verdict
 from backdoorlab.defenses.settings import DefenceConfig
+from backdoorlab.errors import BackdoorLabError
 from backdoorlab.experiments.defence_config import defence_config, parse_params
 from backdoorlab.experiments.folder_seal import seal_run_folder
 from backdoorlab.experiments.run import evaluate_model
 from backdoorlab.experiments.run_folder import Run
+from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.models.checkpoint import load_checkpoint, read_card, save_checkpoint
 from backdoorlab.training import pick_device
 
 __all__ = [
-    "build_detector", "build_mitigator", "detect_run", "mitigate_run", "parse_params",
+    "build_detector", "build_mitigator", "clean_runs", "detect_population", "detect_run", "mitigate_run",
+    "parse_params",
 ]  # fmt: skip
 
 
@@ -100,6 +103,42 @@ def detect_run(
     verdict.details["references"] = [str(r) for r in references or []]
     verdict.details["settings_hash"] = config.settings_hash()
     return verdict, verdict.write(folder / "verdict.json")
+
+
+def clean_runs(store: str | os.PathLike[str]) -> list[Path]:
+    """The folders of a results store's complete runs trained without an attack (a reference zoo), oldest first."""
+    if not Path(store).is_file():
+        raise BackdoorLabError(f"results store {store} not found")
+    rows = ResultsStore(store).list(status="complete", limit=None, oldest_first=True)
+    return [Path(r["run_dir"]) for r in rows if not r["config"].get("attack")]
+
+
+def detect_population(
+    run_dirs: list[Path],
+    references: list[Path],
+    config: DefenceConfig,
+    out_dir: Path | None = None,
+    unsafe_load: bool = False,
+) -> list[tuple[Verdict, Path]]:
+    """Fit a population detector once on ``references`` (clean runs), then inspect each of ``run_dirs``.
+
+    A run that is also a reference is refused: the density was fitted on it, so its score
+    says nothing. Each verdict goes to ``RUN/defence/METHOD/verdict.json``, or to
+    ``OUT_DIR/RUN_NAME/verdict.json``.
+    """
+    detector = cast(PopulationDetector, config.build())
+    resolved = {Path(r).resolve() for r in references}
+    if both := [str(r) for r in run_dirs if Path(r).resolve() in resolved]:
+        raise BackdoorLabError(f"{', '.join(both)}: also a reference; a fitted-on network cannot be judged")
+    detector.fit([load_checkpoint(r, unsafe=unsafe_load)[0] for r in references])
+    out = []
+    for run_dir in run_dirs:
+        verdict = detector.inspect(Run(run_dir, unsafe_load).model)
+        verdict.details["references"] = [str(r) for r in references]
+        verdict.details["settings_hash"] = config.settings_hash()
+        folder = out_dir / Path(run_dir).name if out_dir else run_dir / "defence" / config.method
+        out.append((verdict, verdict.write(folder / "verdict.json")))
+    return out
 
 
 def backdoor_metrics(model: nn.Module, run: Run, data: ArrayDataset, device: str = "auto") -> dict[str, Any]:

@@ -40,11 +40,15 @@ from typing import Any, Literal, Self
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from backdoorlab.defenses.base import PopulationDetector, Verdict, calibrated_threshold
+from backdoorlab.defenses.registration import register_defence
+from backdoorlab.defenses.settings import DefenceConfig
 from backdoorlab.defenses.weight_anomaly.gmm import ComponentScore, GaussianMixture, select_components
 from backdoorlab.errors import BackdoorLabError, ConfigError
+from backdoorlab.training import pick_device
 
 View = Literal["forward", "backward"]
 VIEWS: tuple[View, ...] = ("forward", "backward")
@@ -107,6 +111,21 @@ class LayerDensity:
                 "components": self.mixture.n_components, "center": self.center, "scale": self.scale}  # fmt: skip
 
 
+class WeightAnomalyConfig(DefenceConfig):
+    """The settings of :class:`WeightAnomalyDetector` (``backdoorlab detect-population``, sweeps, stores)."""
+
+    layers: list[str] = Field(default_factory=lambda: ["last_linear"], min_length=1)
+    views: list[View] = Field(default_factory=lambda: ["backward"], min_length=1)
+    variance: float = Field(0.95, gt=0, le=1)
+    components: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32], min_length=1)
+    criterion: Literal["bic", "aic"] = "bic"
+    covariance_type: Literal["diag", "full"] = "diag"
+    calibration_share: float = Field(0.4, gt=0, lt=1)
+    max_fpr: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+
+
+@register_defence(WeightAnomalyConfig)
 class WeightAnomalyDetector(PopulationDetector):
     """PCA + Gaussian mixture over clean reference networks' weight vectors (see the module docstring)."""
 
@@ -123,6 +142,7 @@ class WeightAnomalyDetector(PopulationDetector):
         calibration_share: float = 0.4,
         max_fpr: float = 0.0,
         seed: int = 0,
+        device: str = "auto",
     ) -> None:
         if not 0.0 < variance <= 1.0:
             raise ConfigError(f"variance must be in (0, 1], got {variance}")
@@ -135,6 +155,7 @@ class WeightAnomalyDetector(PopulationDetector):
         self.covariance_type, self.calibration_share, self.max_fpr, self.seed = (
             covariance_type, calibration_share, max_fpr, seed,
         )  # fmt: skip
+        self.device = device  # where the mixtures are fitted (the PCA and the scores stay on the CPU)
         self.densities: list[LayerDensity] = []
         self.threshold = float("nan")
 
@@ -171,9 +192,10 @@ class WeightAnomalyDetector(PopulationDetector):
         pca = PCA.fit(pooled, self.variance)
         grid = [k for k in self.components if k <= len(pooled)] or [1]
         mixture, table = select_components(
-            pca(pooled), grid, self.criterion, covariance_type=self.covariance_type, seed=self.seed, device="cpu"
+            pca(pooled), grid, self.criterion, covariance_type=self.covariance_type, seed=self.seed,
+            device=pick_device(self.device),
         )
-        return LayerDensity(layer, view, pca, mixture, table)
+        return LayerDensity(layer, view, pca, mixture.to("cpu"), table)
 
     def _fused(self, model: Any) -> tuple[float, dict[str, float]]:
         per_layer = {f"{d.layer}/{d.view}": (d.raw_score(model) - d.center) / d.scale for d in self.densities}
