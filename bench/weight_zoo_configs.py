@@ -50,6 +50,7 @@ LOCATIONS = [[0.3, 0.3], [0.5, 0.3], [0.7, 0.3], [0.3, 0.5], [0.5, 0.5], [0.7, 0
              [0.3, 0.7], [0.5, 0.7], [0.7, 0.7], [0.5, 0.8], [0.6, 0.6]]  # fmt: skip
 IMAGES = (40, 160)
 SEED = 2024
+FIRST_BACKDOOR_SEED = 100  # backdoored networks: this seed on, the "triggers" set first
 
 
 def training_identities(split_seed: int, counts: np.ndarray) -> np.ndarray:
@@ -75,7 +76,7 @@ def main() -> None:
     lines = [f"  # clean: seed = data.split_seed = 0..{CLEAN - 1}"]
     lines += [f"  - {flow({'seed': s, 'data': {'split_seed': s}})}" for s in range(CLEAN)]
     sets = [("triggers", TRIGGERS), ("locations", [{**TRIGGERS[0], "center": c} for c in LOCATIONS])]
-    seed = 100
+    seed = FIRST_BACKDOOR_SEED
     for name, triggers in sets:
         lines.append(f"  # backdoored, {name}: seed = data.split_seed = {seed}..{seed + len(triggers) - 1}")
         for trigger in triggers:

@@ -22,6 +22,7 @@ from backdoorlab.defenses.face_monitors import (
 from backdoorlab.defenses.fine_pruning import FinePruning
 from backdoorlab.defenses.fine_tuning import FineTuning
 from backdoorlab.defenses.landmark_shift_reversal import LandmarkShiftReversal
+from backdoorlab.defenses.model_pairing import ModelPairingMonitor
 from backdoorlab.defenses.neural_cleanse import NeuralCleanse
 from backdoorlab.defenses.securegaze import SecureGaze, SecureGazeUnlearning
 from backdoorlab.defenses.settings import DefenceConfig
@@ -38,6 +39,7 @@ __all__ = [
     "GeometryMonitor",
     "LandmarkShiftReversal",
     "Mitigator",
+    "ModelPairingMonitor",
     "Needs",
     "NeuralCleanse",
     "PopulationDetector",
