@@ -1,7 +1,8 @@
 """The face-recognition rows of the bench tables (README summary and docs/bench.md details).
 
 Reads ``bench/results/face_recognition_clean.json`` and ``face_recognition_attacks.json``
-(written by ``bench/face_recognition.py``); a missing file gives no rows.
+(written by ``bench/face_recognition.py``), ``weight_anomaly.json`` (``bench/weight_anomaly.py``)
+and ``gmm_em*.json`` (``bench/gmm_em.py``); a missing file gives no rows.
 """
 
 from __future__ import annotations
@@ -55,6 +56,57 @@ def rows() -> list[Row]:
             "; ".join(parts),
             target("fine-tune <= 1 min (sweep wall time per model)", wall is not None and wall <= 60),
             "`python bench/face_recognition.py --part attacks` (tables: docs/bench.md)",
+        ))  # fmt: skip
+    out += defence_rows()
+    return out
+
+
+def _mean(cell: dict[str, Any] | None, digits: int = 3) -> str:
+    if not cell:
+        return "-"
+    return f"{cell['mean']:.{digits}f}" + (f" +- {cell['sd']:.{digits}f}" if cell.get("n", 1) > 1 else "")
+
+
+def defence_rows() -> list[Row]:
+    out: list[Row] = []
+    wa = load_result("weight_anomaly")
+    if wa is not None:
+        zoo, proto = wa["zoo"], wa["protocol"]
+        fused = proto["table"]["fused"]
+        kept = sum(zoo[s]["met the rule"] for s in ("triggers", "locations"))
+        built = sum(zoo[s]["built"] for s in ("triggers", "locations"))
+        curve = ", ".join(f"{n}: {c['mean']:.2f}" for n, c in wa["by_references"]["auroc"].items() if c)
+        out.append((
+            f"Weight-anomaly detection, last_linear, PCA 95 % + BIC-chosen diagonal GMM ({zoo['clean']} clean and "
+            f"{kept} of {built} backdoored fine-tunes kept by the four-metric rule; {wa['settings']['repeats']} "
+            f"splits of {wa['settings']['references']} references vs the held-out clean)",
+            f"AUROC fused {_mean(fused['kept']['auroc'])}, backward "
+            f"{_mean(proto['table']['last_linear/backward']['kept']['auroc'])}, forward "
+            f"{_mean(proto['table']['last_linear/forward']['kept']['auroc'])}; at its threshold it flags "
+            f"{_mean(fused['kept']['flagged_backdoored'], 2)} of backdoored and "
+            f"{_mean(fused['kept']['flagged_clean'], 2)} of held-out clean networks; AUROC by references: {curve}",
+            "thesis: AUC 1.0 (18 references, 12 held-out clean, 11 + 11 backdoored)",
+            "`python bench/weight_anomaly.py` (tables: docs/bench.md)",
+        ))  # fmt: skip
+    for name in ("gmm_em", "gmm_em_10k", "gmm_em_full"):
+        gmm = load_result(name)
+        if gmm is None:
+            continue
+        cells = []
+        for r in gmm["rows"]:
+            if r["method"] == "sklearn" or "error" in r:
+                continue
+            vs = (f", {r['speedup']:.1f}x scikit-learn, held-out log-likelihood {100 * r['held_out_rel_diff']:+.2f} %"
+                  if "speedup" in r else "")  # fmt: skip
+            cells.append(f"{r['cov']} K = {r['k']}: {r['seconds']:.0f} s{vs}, peak +{r['peak_rss_growth_mb']:.0f} MB")
+        s = gmm["settings"]
+        judged = ("held_out_at_most_1pct_worse", "speedup_at_least_5x")
+        met = [v for group in judged for v in gmm["targets"][group].values()]
+        out.append((
+            f"Streaming torch GMM (EM), N = {s['n']:,}, D = {s['dim']}, {s['threads']} threads",
+            "; ".join(cells),
+            target(">= 5x scikit-learn at K = 1000, held-out log-likelihood within 1 %", all(met)) if met else "-",
+            f"`{gmm['provenance']['command']}`",
         ))  # fmt: skip
     return out
 
@@ -115,3 +167,34 @@ def attack_tables() -> str:
         + grouped_table(attacks["triggers"], "trigger", attacks["thesis"]["triggers"]),
     ]
     return "\n\n".join(parts)
+
+
+def weight_anomaly_table() -> str:
+    """Per layer/view and fused: AUROC by group, PCA dimensions and the components BIC chose, beside the thesis."""
+    wa = load_result("weight_anomaly")
+    if wa is None:
+        return ""
+    proto, thesis = wa["protocol"], wa["thesis"]["last_linear"]
+    groups = ("kept", "triggers", "locations", "missed the rule")
+    lines = ["| layer / view | " + " | ".join(f"AUROC {g}" for g in groups) + " | PCA dims | components (per split) "
+             "| thesis (dims / components / AUC) |", "|---" * (len(groups) + 4) + "|"]  # fmt: skip
+    for key, by_group in proto["table"].items():
+        dens = proto["densities"].get(key)
+        view = key.split("/")[-1]
+        ref = thesis.get(view)
+        cells = [key, *(_mean(by_group[g]["auroc"]) for g in groups),
+                 _mean(dens["pca_dims"], 0) if dens else "-",
+                 "/".join(map(str, dens["components"])) if dens else "-",
+                 f"{ref['pca_dims']} / {ref['components']} / {thesis['auroc']}" if ref else "-"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    zoo = wa["zoo"]
+    sets = ("triggers", "locations")
+    built = "; ".join(f"{s}: {zoo[s]['met the rule']} of {zoo[s]['built']} met the rule" for s in sets)
+    curve = " | ".join(f"{n}: {_mean(c)}" for n, c in wa["by_references"]["auroc"].items())
+    return (
+        f"Zoo: {zoo['clean']} clean; {built}. Shapes: {wa['layer_shapes']}. Fit: {_mean(proto['fit_seconds'], 1)} s "
+        f"per split (both views), inspection {_mean(proto['seconds_per_network'], 3)} s per network.\n\n"
+        + "\n".join(lines)
+        + f"\n\nFused AUROC against the number of references ({wa['by_references']['held_out_clean']} held-out clean "
+        f"networks): {curve}"
+    )

@@ -3,6 +3,7 @@
     python bench/gmm_em.py                    # N=100k train + 20k held-out, D=40, K in 100,1000, diag and full
     python bench/gmm_em.py --quick            # seconds: N=3000, D=8, K=8 (writes gmm_em_quick.json)
     python bench/gmm_em.py --covs diag --ks 1000,3000 --n 200000 --threads 2
+    python bench/gmm_em.py --covs diag --ks 10000 --methods ours-float64 --threads 2 --name gmm_em_10k
 
 Data: a synthetic stand-in for PCA'd weight vectors. ``--true-k`` Gaussian clusters (Dirichlet
 sizes, low-rank-plus-noise covariances with a decaying spectrum) in ``--ambient`` dimensions,
@@ -265,6 +266,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="device of ours: cpu, cuda or auto")
     p.add_argument("--timeout", type=float, default=3 * 3600, help="seconds allowed per fit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="result name, bench/results/NAME.json (default gmm_em, or gmm_em_quick)")
     # internal: one fit in a fresh process
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -297,7 +299,7 @@ def main() -> None:
         print(json.dumps(worker(args.data, args.worker, args.cov, args.k, s)))
         return
     s = settings_from(args)
-    run(s, "gmm_em_quick" if args.quick else "gmm_em")
+    run(s, args.name or ("gmm_em_quick" if args.quick else "gmm_em"))
 
 
 if __name__ == "__main__":

@@ -228,6 +228,7 @@ def markdown() -> str:
         (face_detection_table.monitor_table(), "Run-time monitors on face detectors"),
         (face_detection_table.model_level_table(), "Model-level defences on face detectors"),
         (face_recognition_table.attack_tables(), "One-to-one backdoors on face recognition"),
+        (face_recognition_table.weight_anomaly_table(), "Weight-anomaly detection on the recognition zoo"),
     ):
         if extra:
             out += f"\n\n**{title}**\n\n{extra}"
