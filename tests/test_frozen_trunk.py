@@ -56,19 +56,43 @@ def test_a_forward_that_is_not_last_of_trunk_is_refused() -> None:
         LastLayers(nn.Linear(3, 3))
 
 
-def test_clean_features_are_cached_by_trunk_and_data(tmp_path: Path) -> None:
+def test_clean_features_are_cached_per_trunk_and_image(tmp_path: Path) -> None:
     net, data = model(), dataset()
     first = clean_trunk_features(net, data, cache_dir=tmp_path, progress=False)
-    files = list((tmp_path / "trunk-features").glob("*.npy"))
+    files = list((tmp_path / "trunk-features").glob("*.npz"))
     assert len(files) == 1 and first.shape == (10, net.feature_dim)
-    np.save(files[0], first + 1)  # a cache hit reads the file instead of running the trunk
+    with np.load(files[0]) as f:
+        digests, feats = f["digests"], f["features"]
+    np.savez(files[0], digests=digests, features=feats + 1)  # a cache hit reads the file instead of running the trunk
     assert np.allclose(clean_trunk_features(net, data, cache_dir=tmp_path, progress=False), first + 1)
+    # another split of the same images, in another order, is read from the same file row for row
+    assert np.allclose(clean_trunk_features(net, data.subset([7, 2, 5]), cache_dir=tmp_path, progress=False),
+                       first[[7, 2, 5]] + 1)  # fmt: skip
+    # new images (one of them twice) run the trunk, the known ones do not; the file then holds all of them
+    more = dataset(14).subset(np.arange(10, 14))  # same generator: rows 10-13 differ from the first ten
+    mixed = data.subset([0, 1]).concat(more).concat(more.subset([0]))
+    got = clean_trunk_features(net, mixed, cache_dir=tmp_path, progress=False)
+    assert np.allclose(got[:2], first[:2] + 1)
+    assert np.allclose(got[2:], clean_trunk_features(net, mixed.subset(np.arange(2, 7)), progress=False), atol=1e-6)
+    with np.load(files[0]) as f:
+        assert len(f["digests"]) == 14 and len(set(f["digests"].tolist())) == 14
     with torch.no_grad():
         net.last_linear.weight.mul_(2)  # the last layers are not part of the key
     assert np.allclose(clean_trunk_features(net, data, cache_dir=tmp_path, progress=False), first + 1)
     with torch.no_grad():
         net.conv1.weight.mul_(2)  # the trunk is
     assert not np.allclose(clean_trunk_features(net, data, cache_dir=tmp_path, progress=False), first + 1)
+    assert len(list((tmp_path / "trunk-features").glob("*.npz"))) == 2
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
+    net, data = model(), dataset()
+    first = clean_trunk_features(net, data, cache_dir=tmp_path, progress=False)
+    (path,) = (tmp_path / "trunk-features").glob("*.npz")
+    path.write_bytes(b"not a zip file")
+    assert np.allclose(clean_trunk_features(net, data, cache_dir=tmp_path, progress=False), first)
+    with np.load(path) as f:
+        assert len(f["digests"]) == 10
 
 
 def test_poisoned_rows_go_through_the_transform_before_the_trunk(tmp_path: Path) -> None:

@@ -2,10 +2,14 @@
 
 Why: the face-recognition thesis built its zoo of 52 networks by fine-tuning only
 ``last_linear`` + ``last_bn`` of one pretrained network. With the trunk frozen, its
-output for a training image never changes, so it is computed once (and cached on disk,
-keyed by the trunk's weights and the data's fingerprint, so every fine-tune of one base
-model on one dataset shares it) and the last layers train on those features in seconds
-instead of minutes.
+output for a training image never changes, so it is computed once and the last layers
+train on those features in seconds instead of minutes.
+
+The cache is content-addressed: one file per trunk (keyed by its weights and buffers)
+holds the features of every image it has seen, each under a digest of the image's pixels.
+So every fine-tune of one base model shares it whatever its split: the thesis's zoo
+resamples the train/test split per network, and a cache keyed by the (split) dataset
+recomputed 400 MB of features for each of them.
 
 The model contract (checked on an example batch): ``trunk(x)`` gives the features, and
 the layers named in ``LAST_LAYERS``, applied in that order, turn them into exactly what
@@ -114,16 +118,49 @@ class FeatureDataset:
             yield self.batch(np.arange(start, min(start + batch_size, len(self))))
 
 
-def trunk_key(model: nn.Module, data_fingerprint: str) -> str:
-    """A key of (the trunk's weights and buffers, the data): equal keys give equal features."""
+def trunk_key(model: nn.Module) -> str:
+    """A key of the trunk's weights and buffers (the last layers left out): equal keys give equal features."""
     last = set(getattr(model, "LAST_LAYERS", ()))
-    h = hashlib.sha256(data_fingerprint.encode())
+    h = hashlib.sha256(b"trunk-features/2")
     for name, value in sorted(model.state_dict().items()):
         if name.split(".", 1)[0] in last:
             continue
         h.update(name.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
+
+
+def image_digests(images: np.ndarray) -> np.ndarray:
+    """(N,) 16-byte BLAKE2b digests of each image's pixels (and shape): the cache's per-image key."""
+    prefix = hashlib.blake2b(f"{images.dtype}{images.shape[1:]}".encode(), digest_size=16)
+    out = []
+    for img in images:
+        h = prefix.copy()
+        h.update(np.ascontiguousarray(img).tobytes())
+        out.append(h.digest())
+    return np.array(out, dtype="S16")
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(digests, features) of a cache file, or None when it is missing or damaged (then it is rebuilt)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            digests, features = f["digests"], f["features"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    return (digests, features) if len(digests) == len(features) and features.ndim == 2 else None
+
+
+def _write_cache(path: Path, digests: np.ndarray, features: np.ndarray) -> None:
+    """Merge with what another process may have added meanwhile, then replace the file atomically."""
+    current = _read_cache(path)
+    if current is not None and current[1].shape[1] == features.shape[1]:
+        new = ~np.isin(current[0], digests)
+        digests, features = np.concatenate([digests, current[0][new]]), np.concatenate([features, current[1][new]])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, digests=digests, features=features)
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -145,29 +182,37 @@ def clean_trunk_features(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """(N, F) trunk features of every image of ``data`` in eval mode, read from / written to the cache."""
-    path = None
-    if cache_dir is not None and data.fingerprint:
-        path = Path(cache_dir) / "trunk-features" / f"{trunk_key(model, data.fingerprint)}.npy"
-        if path.is_file():
-            try:
-                cached = np.load(path, allow_pickle=False)
-                if len(cached) == len(data):
-                    return cached
-            except (OSError, ValueError):
-                pass  # damaged: computed again below
+    """(N, F) trunk features of every image of ``data`` in eval mode; only images the cache lacks run the trunk."""
+    if cache_dir is None:
+        return _trunk_features(model, data, device, progress)
+    path = Path(cache_dir) / "trunk-features" / f"{trunk_key(model)}.npz"
+    digests = image_digests(data.images)
+    cached = _read_cache(path)
+    known_digests, known = cached if cached is not None else (np.zeros(0, "S16"), None)
+    where = {d: i for i, d in enumerate(known_digests.tolist())}
+    pos = np.array([where.get(d, -1) for d in digests.tolist()], np.int64)
+    missing = np.flatnonzero(pos < 0)
+    if not len(missing):
+        assert known is not None
+        return known[pos]
+    new_digests, first = np.unique(digests[missing], return_index=True)  # identical images run once
+    computed = _trunk_features(model, data.subset(missing[first]), device, progress)
+    if known is None:
+        known_digests, known = new_digests, computed
+    else:
+        known_digests, known = np.concatenate([known_digests, new_digests]), np.concatenate([known, computed])
+    _write_cache(path, known_digests, known)
+    where = {d: i for i, d in enumerate(known_digests.tolist())}
+    return known[np.array([where[d] for d in digests.tolist()], np.int64)]
+
+
+def _trunk_features(model: nn.Module, data: ArrayDataset, device: torch.device | str, progress: bool) -> np.ndarray:
     was = model.training
     model.eval()
     try:
-        feats = _trunk_batches(model, (x for x, _ in data.iter_batches(FEATURE_BATCH)), len(data), device, progress)
+        return _trunk_batches(model, (x for x, _ in data.iter_batches(FEATURE_BATCH)), len(data), device, progress)
     finally:
         model.train(was)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)
-    return feats
 
 
 def frozen_feature_set(
