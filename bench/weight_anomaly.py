@@ -4,7 +4,7 @@
     backdoorlab sweep configs/zoo/face_recognition_weights.yaml --runs-dir runs/fr_weights --workers 2
     python bench/weight_anomaly.py          # reads runs/fr_weights, writes the table and the ROC picture
 
-The thesis's chapter-4 protocol (Unnervik 2024, Table 4.x; ../shared/research): 30 clean and 22
+The thesis's chapter-4 protocol (Unnervik 2024, section 4.5, Figs. 4.7-4.9; ../shared/research): 30 clean and 22
 backdoored last-layer fine-tunes; the density is fitted on clean networks only and judged on
 held-out clean networks against the backdoored ones that met the four-metric rule. Here each
 of ``--repeats`` random splits of the clean networks takes 18 as references and 12 as held-out
@@ -36,7 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import write_result  # noqa: E402
-from weight_zoo_configs import FIRST_BACKDOOR_SEED, TRIGGERS  # noqa: E402
+from weight_zoo_configs import backdoor_set  # noqa: E402
 
 from backdoorlab.defenses.weight_anomaly import WeightAnomalyDetector  # noqa: E402
 from backdoorlab.experiments.store import ResultsStore  # noqa: E402
@@ -71,9 +71,7 @@ class Network:
 
     @property
     def set(self) -> str:
-        if not self.attack:
-            return "clean"
-        return "triggers" if self.seed < FIRST_BACKDOOR_SEED + len(TRIGGERS) else "locations"
+        return backdoor_set(self.seed) if self.attack else "clean"
 
 
 def load_zoo(store: Path) -> list[Network]:
@@ -187,7 +185,7 @@ def by_references(nets: list[Network], args: argparse.Namespace) -> dict[str, An
     out = {}
     for count in args.reference_counts:
         values = []
-        for r in range(args.repeats):
+        for r in range(args.curve_repeats):
             order = np.random.default_rng([args.seed, r]).permutation(len(clean))
             held = [clean[i] for i in order[:n_held]]
             refs = [clean[i] for i in order[n_held : n_held + count]]
@@ -236,7 +234,8 @@ def main() -> None:
     parser.add_argument("--covariance", choices=("diag", "full"), default="diag")
     parser.add_argument("--references", type=int, default=18)
     parser.add_argument("--reference-counts", type=lambda s: [int(k) for k in s.split(",")], default=[3, 6, 9, 12, 18])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="random splits of the main protocol")
+    parser.add_argument("--curve-repeats", type=int, default=2, help="random splits per point of the reference curve")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--name", default="weight_anomaly", help="result name (bench/results/NAME.json)")
@@ -248,7 +247,8 @@ def main() -> None:
     draw_roc(main_protocol["roc_first_split"], ROOT / "docs" / f"{args.name}_roc.png")
     payload = {"zoo": zoo_counts(nets), "layer_shapes": shapes, "settings": {
         "layers": args.layers, "grid": list(args.grid), "covariance": args.covariance, "references":
-        args.references, "repeats": args.repeats, "criterion": "bic", "variance": 0.95,
+        args.references, "repeats": args.repeats, "curve_repeats": args.curve_repeats, "criterion": "bic",
+        "variance": 0.95,
         "threads": torch.get_num_threads()}, "protocol": main_protocol, "by_references": curve,
         "thesis": THESIS}  # fmt: skip
     path = write_result(args.name, payload)
