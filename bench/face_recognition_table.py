@@ -12,6 +12,8 @@ from typing import Any
 from table_common import load_result, target
 
 Row = tuple[str, str, str, str]
+#: weight-anomaly results: the thesis's setting (PCA 95 %), and PCA keeping 99.9 % of the variance
+WEIGHT_ANOMALY_RESULTS = ("weight_anomaly", "weight_anomaly_pca999")
 
 
 def rows() -> list[Row]:
@@ -69,24 +71,28 @@ def _mean(cell: dict[str, Any] | None, digits: int = 3) -> str:
 
 def defence_rows() -> list[Row]:
     out: list[Row] = []
-    wa = load_result("weight_anomaly")
-    if wa is not None:
-        zoo, proto = wa["zoo"], wa["protocol"]
+    for name in WEIGHT_ANOMALY_RESULTS:
+        wa = load_result(name)
+        if wa is None:
+            continue
+        zoo, proto, st = wa["zoo"], wa["protocol"], wa["settings"]
         fused = proto["table"]["fused"]
         kept = sum(zoo[s]["met the rule"] for s in ("triggers", "locations"))
         built = sum(zoo[s]["built"] for s in ("triggers", "locations"))
-        curve = ", ".join(f"{n}: {c['mean']:.2f}" for n, c in wa["by_references"]["auroc"].items() if c)
+        views = ", ".join(f"{k.split('/')[-1]} {_mean(v['kept']['auroc'], 2)}" for k, v in proto["table"].items()
+                          if k != "fused")  # fmt: skip
+        curve = wa.get("by_references")
+        curve_text = ("; fused AUROC by references: " + ", ".join(
+            f"{n}: {c['mean']:.2f}" for n, c in curve["auroc"].items() if c)) if curve else ""  # fmt: skip
         out.append((
-            f"Weight-anomaly detection, last_linear, PCA 95 % + BIC-chosen diagonal GMM ({zoo['clean']} clean and "
-            f"{kept} of {built} backdoored fine-tunes kept by the four-metric rule; {wa['settings']['repeats']} "
-            f"splits of {wa['settings']['references']} references vs the held-out clean)",
-            f"AUROC fused {_mean(fused['kept']['auroc'])}, backward "
-            f"{_mean(proto['table']['last_linear/backward']['kept']['auroc'])}, forward "
-            f"{_mean(proto['table']['last_linear/forward']['kept']['auroc'])}; at its threshold it flags "
+            f"Weight-anomaly detection, last_linear, PCA {100 * st['variance']:g} % + BIC-chosen diagonal GMM "
+            f"({zoo['clean']} clean and {kept} of {built} backdoored fine-tunes kept by the four-metric rule; "
+            f"{st['repeats']} splits of {st['references']} references vs the held-out clean)",
+            f"AUROC fused {_mean(fused['kept']['auroc'], 2)} (by view: {views}); at its threshold it flags "
             f"{_mean(fused['kept']['flagged_backdoored'], 2)} of backdoored and "
-            f"{_mean(fused['kept']['flagged_clean'], 2)} of held-out clean networks; AUROC by references: {curve}",
-            "thesis: AUC 1.0 (18 references, 12 held-out clean, 11 + 11 backdoored)",
-            "`python bench/weight_anomaly.py` (tables: docs/bench.md)",
+            f"{_mean(fused['kept']['flagged_clean'], 2)} of held-out clean networks{curve_text}",
+            "thesis: AUC 1.0 (PCA 95 %, 18 references, 12 held-out clean, 11 + 11 backdoored)",
+            f"`{wa['provenance']['command']}` (tables: docs/bench.md)",
         ))  # fmt: skip
     for name in ("gmm_em", "gmm_em_10k", "gmm_em_full"):
         gmm = load_result(name)
@@ -170,18 +176,22 @@ def attack_tables() -> str:
 
 
 def weight_anomaly_table() -> str:
-    """Per layer/view and fused: AUROC by group, PCA dimensions and the components BIC chose, beside the thesis."""
-    wa = load_result("weight_anomaly")
+    """Per result: by layer/view and fused, AUROC by group, PCA dimensions and components, beside the thesis."""
+    parts = [part for name in WEIGHT_ANOMALY_RESULTS if (part := _weight_anomaly_part(name))]
+    return "\n\n".join(parts)
+
+
+def _weight_anomaly_part(name: str) -> str:
+    wa = load_result(name)
     if wa is None:
         return ""
-    proto, thesis = wa["protocol"], wa["thesis"]["last_linear"]
+    proto, thesis, st = wa["protocol"], wa["thesis"]["last_linear"], wa["settings"]
     groups = ("kept", "triggers", "locations", "missed the rule")
     lines = ["| layer / view | " + " | ".join(f"AUROC {g}" for g in groups) + " | PCA dims | components (per split) "
              "| thesis (dims / components / AUC) |", "|---" * (len(groups) + 4) + "|"]  # fmt: skip
     for key, by_group in proto["table"].items():
         dens = proto["densities"].get(key)
-        view = key.split("/")[-1]
-        ref = thesis.get(view)
+        ref = thesis.get(key.split("/")[-1])
         cells = [key, *(_mean(by_group[g]["auroc"]) for g in groups),
                  _mean(dens["pca_dims"], 0) if dens else "-",
                  "/".join(map(str, dens["components"])) if dens else "-",
@@ -190,11 +200,13 @@ def weight_anomaly_table() -> str:
     zoo = wa["zoo"]
     sets = ("triggers", "locations")
     built = "; ".join(f"{s}: {zoo[s]['met the rule']} of {zoo[s]['built']} met the rule" for s in sets)
-    curve = " | ".join(f"{n}: {_mean(c)}" for n, c in wa["by_references"]["auroc"].items())
-    return (
-        f"Zoo: {zoo['clean']} clean; {built}. Shapes: {wa['layer_shapes']}. Fit: {_mean(proto['fit_seconds'], 1)} s "
-        f"per split (both views), inspection {_mean(proto['seconds_per_network'], 3)} s per network.\n\n"
-        + "\n".join(lines)
-        + f"\n\nFused AUROC against the number of references ({wa['by_references']['held_out_clean']} held-out clean "
-        f"networks): {curve}"
+    text = (
+        f"PCA keeping {100 * st['variance']:g} % of the variance, `{wa['provenance']['command']}`. Zoo: {zoo['clean']} "
+        f"clean; {built}. Fit: {_mean(proto['fit_seconds'], 1)} s per split, inspection "
+        f"{_mean(proto['seconds_per_network'], 3)} s per network.\n\n" + "\n".join(lines)
     )
+    if wa.get("by_references"):
+        curve = " | ".join(f"{n}: {_mean(c)}" for n, c in wa["by_references"]["auroc"].items())
+        text += (f"\n\nFused AUROC against the number of references ({wa['by_references']['held_out_clean']} "
+                 f"held-out clean networks): {curve}")  # fmt: skip
+    return text

@@ -111,7 +111,7 @@ def one_split(
 ) -> dict[str, Any]:
     """Fit on ``refs``; judge ``held_out`` clean against every backdoored network of ``nets``."""
     detector = WeightAnomalyDetector(
-        layers=args.layers, views=("backward", "forward"), components=args.grid, calibration_share=1 / 3,
+        layers=args.layers, views=args.views, variance=args.variance, components=args.grid, calibration_share=1 / 3,
         covariance_type=args.covariance, seed=seed, device=args.device,
     )  # fmt: skip
     start = time.perf_counter()
@@ -130,9 +130,14 @@ def one_split(
             name: split_metrics(clean_scores[key], scores.get(key, np.empty(0)), threshold)
             for name, scores in group_scores.items()
         }
-    densities = {f"{d.layer}/{d.view}": {"pca_dims": int(d.pca.components.shape[0]), "components":
-                 d.mixture.n_components, "criterion_table": [(c.n_components, c.value) for c in d.selection]}
-                 for d in detector.densities}  # fmt: skip
+    densities = {
+        f"{d.layer}/{d.view}": {
+            "pca_dims": int(d.pca.components.shape[0]),
+            "components": d.mixture.n_components,
+            "criterion_table": [(c.n_components, c.criterion, c.seconds) for c in d.selection],
+        }
+        for d in detector.densities
+    }
     roc = {key: {"clean": clean_scores[key].tolist(), "kept": group_scores["kept"].get(key, np.empty(0)).tolist()}
            for key in clean_scores}  # fmt: skip
     return {"per_view": per_view, "densities": densities, "fit_seconds": fit_seconds,
@@ -232,6 +237,9 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=["last_linear"])
     parser.add_argument("--grid", type=lambda s: tuple(int(k) for k in s.split(",")), default=GRID)
     parser.add_argument("--covariance", choices=("diag", "full"), default="diag")
+    parser.add_argument("--views", nargs="+", choices=("backward", "forward"), default=["backward", "forward"])
+    parser.add_argument("--variance", type=float, default=0.95, help="PCA explained variance kept (thesis: 0.95)")
+    parser.add_argument("--no-curve", action="store_true", help="skip AUROC against the number of references")
     parser.add_argument("--references", type=int, default=18)
     parser.add_argument("--reference-counts", type=lambda s: [int(k) for k in s.split(",")], default=[3, 6, 9, 12, 18])
     parser.add_argument("--repeats", type=int, default=5, help="random splits of the main protocol")
@@ -243,12 +251,12 @@ def main() -> None:
     nets = load_zoo(args.store)
     shapes = {k: tuple(v.shape) for k, v in nets[0].state.items() if k.split(".")[0] in args.layers}
     main_protocol = protocol(nets, args)
-    curve = by_references(nets, args)
+    curve = None if args.no_curve else by_references(nets, args)
     draw_roc(main_protocol["roc_first_split"], ROOT / "docs" / f"{args.name}_roc.png")
     payload = {"zoo": zoo_counts(nets), "layer_shapes": shapes, "settings": {
         "layers": args.layers, "grid": list(args.grid), "covariance": args.covariance, "references":
         args.references, "repeats": args.repeats, "curve_repeats": args.curve_repeats, "criterion": "bic",
-        "variance": 0.95,
+        "variance": args.variance, "views": args.views,
         "threads": torch.get_num_threads()}, "protocol": main_protocol, "by_references": curve,
         "thesis": THESIS}  # fmt: skip
     path = write_result(args.name, payload)
