@@ -45,7 +45,7 @@ def test_views_read_rows_or_columns_and_whole_kernels() -> None:
 
 
 def test_backdoored_networks_score_above_every_held_out_clean_one() -> None:
-    refs = [Net(clean_rows(s)) for s in range(20)]
+    refs = [Net(clean_rows(s)) for s in range(40)]  # 16 of them calibrate the threshold
     det = WeightAnomalyDetector(components=(1, 2, 3, 4, 6), max_fpr=0.0).fit(refs)
     chosen = det.densities[0].mixture.n_components
     assert chosen == 3  # BIC finds the three clusters of units
