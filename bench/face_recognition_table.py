@@ -94,7 +94,7 @@ def defence_rows() -> list[Row]:
             "thesis: AUC 1.0 (PCA 95 %, 18 references, 12 held-out clean, 11 + 11 backdoored)",
             f"`{wa['provenance']['command']}` (tables: docs/bench.md)",
         ))  # fmt: skip
-    for name in ("gmm_em", "gmm_em_10k", "gmm_em_full"):
+    for name in ("gmm_em", "gmm_em_10k", "gmm_em_full", "gmm_em_full_seed1"):
         gmm = load_result(name)
         if gmm is None:
             continue
@@ -111,7 +111,8 @@ def defence_rows() -> list[Row]:
         out.append((
             f"Streaming torch GMM (EM), N = {s['n']:,}, D = {s['dim']}, {s['threads']} threads",
             "; ".join(cells),
-            target(">= 5x scikit-learn at K = 1000, held-out log-likelihood within 1 %", all(met)) if met else "-",
+            target(f">= 5x scikit-learn, held-out log-likelihood within 1 % (at K = {gmm['targets']['judged_k']})",
+                   all(met)) if met else "-",
             f"`{gmm['provenance']['command']}`",
         ))  # fmt: skip
     return out
