@@ -195,15 +195,13 @@ def clean_trunk_features(
     if not len(missing):
         assert known is not None
         return known[pos]
-    new_digests, first = np.unique(digests[missing], return_index=True)  # identical images run once
+    new_digests, first = np.unique(digests[missing], return_index=True)  # sorted; identical images run once
     computed = _trunk_features(model, data.subset(missing[first]), device, progress)
-    if known is None:
-        known_digests, known = new_digests, computed
-    else:
-        known_digests, known = np.concatenate([known_digests, new_digests]), np.concatenate([known, computed])
+    pos[missing] = len(known_digests) + np.searchsorted(new_digests, digests[missing])  # new rows go after the known
+    known_digests = np.concatenate([known_digests, new_digests])
+    known = computed if known is None else np.concatenate([known, computed])
     _write_cache(path, known_digests, known)
-    where = {d: i for i, d in enumerate(known_digests.tolist())}
-    return known[np.array([where[d] for d in digests.tolist()], np.int64)]
+    return known[pos]
 
 
 def _trunk_features(model: nn.Module, data: ArrayDataset, device: torch.device | str, progress: bool) -> np.ndarray:
