@@ -67,7 +67,7 @@ class Network:
         self.attack = cfg.get("attack")
         self.success = bool(metrics.get("success")) if self.attack else None
         self.asr = metrics.get("attack_success_rate")
-        self.state = {k: v for k, v in load_checkpoint(self.run_dir)[0].state_dict().items()}
+        self.state = load_checkpoint(self.run_dir)[0].state_dict()
 
     @property
     def set(self) -> str:

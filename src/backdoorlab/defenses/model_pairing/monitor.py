@@ -11,9 +11,9 @@ set on clean faces at a false-alarm rate (:meth:`RuntimeMonitor.calibrate`).
 
 The monitor reads embeddings, not images or models: the caller embeds each face with both
 models (a pipeline already does), so one monitor serves any pair of architectures and
-input sizes. Inputs are pairs ``(probe_embeddings (N, d_probe), reference_embeddings
-(N, d_ref))``; ``fit`` takes such a pair computed on unlabeled faces that neither model
-was trained on (the thesis used FFHQ; :func:`backdoorlab.data.face_recognition_sets.load_ffhq`
+input sizes. Inputs are :class:`EmbeddingPairs` (the probe's (N, d_probe) and the
+reference's (N, d_ref) embeddings of the same N faces); ``fit`` takes those of unlabeled
+faces that neither model was trained on (the thesis used FFHQ; :func:`backdoorlab.data.face_recognition_sets.load_ffhq`
 reads such a folder).
 """
 
