@@ -94,6 +94,7 @@ def defence_rows() -> list[Row]:
             "thesis: AUC 1.0 (PCA 95 %, 18 references, 12 held-out clean, 11 + 11 backdoored)",
             f"`{wa['provenance']['command']}` (tables: docs/bench.md)",
         ))  # fmt: skip
+    out += pairing_rows()
     for name in ("gmm_em", "gmm_em_10k", "gmm_em_full", "gmm_em_full_seed1"):
         gmm = load_result(name)
         if gmm is None:
@@ -116,6 +117,33 @@ def defence_rows() -> list[Row]:
             f"`{gmm['provenance']['command']}`",
         ))  # fmt: skip
     return out
+
+
+def _pairing_cell(mp: dict[str, Any], backdoored: bool, ref: str, probe: str) -> str:
+    """The affine translator's shares (%) at the three rates for the kept backdoors, one ordered pair type."""
+    for r in mp["rows"]:
+        if (r["translator"], r["group"], r["backdoored"], r["ref"], r["probe"]) == ("affine", "kept", backdoored,
+                                                                                    ref, probe):  # fmt: skip
+            return " / ".join(f"{r[str(rate)]:.1f}" for rate in mp["rates"])
+    return "-"
+
+
+def pairing_rows() -> list[Row]:
+    mp = load_result("model_pairing")
+    if mp is None:
+        return []
+    m = mp["members"]
+    clean = _pairing_cell(mp, False, "MobileFaceNet", "IResNet")
+    missed = _pairing_cell(mp, True, "MobileFaceNet", "IResNet(B)")
+    return [(
+        f"Model pairing, affine translator; MobileFaceNet (other people) as reference, IResNet as probe "
+        f"({m['IResNet(B) kept']} backdoored probes that met the rule; thresholds at clean FNMR 0.1 / 1 / 5 %)",
+        f"clean pair: {clean} % of poisoned samples falsely flagged; backdoored pairs: {missed} % missed "
+        "(every ordered pair type and the closed-form translator: docs/bench.md)",
+        "thesis (InsightFace ref, FaceNet(B) probe, large trigger): flagged 0.00 / 2.01 / 26.85 %, "
+        "missed 91.25 / 49.30 / 12.78 %",
+        f"`{mp['provenance']['command']}` (tables: docs/bench.md)",
+    )]  # fmt: skip
 
 
 def _rate(r: dict[str, Any]) -> str:
@@ -211,3 +239,36 @@ def _weight_anomaly_part(name: str) -> str:
         text += (f"\n\nFused AUROC against the number of references ({wa['by_references']['held_out_clean']} "
                  f"held-out clean networks): {curve}")  # fmt: skip
     return text
+
+
+def pairing_table(result: dict[str, Any] | None = None) -> str:
+    """Model pairing (``model_pairing.json``): Tables 5.2 and 5.3 per translator and group, beside the thesis."""
+    mp = result if result is not None else load_result("model_pairing")
+    if mp is None:
+        return ""
+    thesis, names = mp["thesis"], {v: k for k, v in mp["thesis"]["names"].items()}
+    rates = " / ".join(f"{100 * r:g} %" for r in mp["rates"])
+    head = (f"| translator | group | ref | probe | pairs | poisoned samples | ours at clean FNMR {rates} "
+            "| thesis, large trigger | thesis, small trigger |")  # fmt: skip
+    parts = []
+    for backdoored, title, key in (
+        (False, "Clean pairs: poisoned samples falsely flagged (%), Table 5.2", "clean"),
+        (True, "Backdoored pairs: poisoned samples missed (%), Table 5.3", "backdoored"),
+    ):
+        lines = [f"**{title}**", "", head, "|---" * 9 + "|"]
+        for row in (r for r in mp["rows"] if r["backdoored"] is backdoored):
+            ref = thesis[key].get(f"{names.get(row['ref'], '?')} / {names.get(row['probe'], '?')}")
+            ours = " / ".join(f"{row[str(r)]:.1f}" if row[str(r)] is not None else "-" for r in mp["rates"])
+            theirs = [" / ".join(f"{v:.2f}" for v in ref[size]) if ref else "-" for size in ("large", "small")]
+            cells = [row["translator"], row["group"], row["ref"], row["probe"], str(row["pairs"]), str(row["samples"]),
+                     ours, *theirs]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    m = mp["members"]
+    fine_tunes = m["IResNet' (clean fine-tunes)"]
+    intro = (f"`{mp['provenance']['command']}`: {m['IResNet(B) kept']} backdoored IResNets that met the rule "
+             f"({m['IResNet(B) missed the rule']} that missed it as their own group), {fine_tunes} "
+             f"clean fine-tunes, the clean base IResNet and a MobileFaceNet trained on other people; translators "
+             f"fitted on {mp['unseen']['fit_faces']} faces of unseen people, thresholds on "
+             f"{mp['unseen']['validation_faces']} more; {mp['poisoned_samples']} poisoned samples.")  # fmt: skip
+    return "\n\n".join([intro, *parts])

@@ -229,6 +229,7 @@ def markdown() -> str:
         (face_detection_table.model_level_table(), "Model-level defences on face detectors"),
         (face_recognition_table.attack_tables(), "One-to-one backdoors on face recognition"),
         (face_recognition_table.weight_anomaly_table(), "Weight-anomaly detection on the recognition zoo"),
+        (face_recognition_table.pairing_table(), "Model pairing on the recognition zoo (thesis Tables 5.2 and 5.3)"),
     ):
         if extra:
             out += f"\n\n**{title}**\n\n{extra}"

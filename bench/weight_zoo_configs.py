@@ -52,9 +52,10 @@ LOCATIONS = [[0.3, 0.3], [0.5, 0.3], [0.7, 0.3], [0.3, 0.5], [0.5, 0.5], [0.7, 0
 IMAGES = (40, 160)
 SEED = 2024
 FIRST_BACKDOOR_SEED = 100  # backdoored networks: this seed on, the "triggers" set first
-#: rounds of 11 + 11 backdoored networks, each round with new pairs: about a third of the
-#: first round's networks met the four-metric rule, and the thesis judged 22 that did
-ROUNDS = 2
+#: rounds of 11 + 11 backdoored networks, each round with new pairs: about 40 % of them meet
+#: the four-metric rule (17 of the first two rounds' 44), and the thesis judged 22 that did.
+#: A new round appends runs: the earlier rounds' lines, hence their runs, stay as they were.
+ROUNDS = 3
 SETS = ("triggers", "locations")
 
 

@@ -116,7 +116,8 @@ def fit_affine(
     """
     p, r = _paired(probe, reference)
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.as_tensor(unit_rows(p)), torch.as_tensor(unit_rows(r))
+    # float32: recognizers emit float32 embeddings, and it trains ~5x faster than float64 on a CPU
+    x, y = (torch.as_tensor(unit_rows(e), dtype=torch.float32) for e in (p, r))
     init, *_ = torch.linalg.lstsq(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1), y)
     weight = torch.nn.Parameter(init[:-1].T.contiguous())
     bias = torch.nn.Parameter(init[-1].clone())
@@ -134,4 +135,5 @@ def fit_affine(
         history.append(value)
         if on_step is not None:
             on_step(step, value)
-    return EmbeddingTranslator(weight.detach().numpy().copy(), bias.detach().numpy().copy(), "affine", history)
+    weight_, bias_ = (t.detach().double().numpy() for t in (weight, bias))
+    return EmbeddingTranslator(weight_, bias_, "affine", history)
