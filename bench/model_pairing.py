@@ -55,7 +55,13 @@ from weight_zoo_configs import backdoor_set  # noqa: E402
 from backdoorlab.data.arrays import ArrayDataset  # noqa: E402
 from backdoorlab.data.synthetic.dataset import default_cache_dir  # noqa: E402
 from backdoorlab.data.synthetic.identities import SyntheticIdentitySpec  # noqa: E402
-from backdoorlab.defenses.model_pairing import EmbeddingPairs, ModelPairingMonitor  # noqa: E402
+from backdoorlab.defenses.base import calibrated_threshold  # noqa: E402
+from backdoorlab.defenses.model_pairing import (  # noqa: E402
+    NO_CULPRIT,
+    EmbeddingPairs,
+    ModelPairingMonitor,
+    name_culprits,
+)
 from backdoorlab.experiments.attack import load_run_attack, load_run_config  # noqa: E402
 from backdoorlab.experiments.store import ResultsStore  # noqa: E402
 from backdoorlab.frozen_trunk import LastLayers, clean_trunk_features, trunk_key  # noqa: E402
@@ -299,6 +305,105 @@ def network_rows(results: list[dict[str, Any]], members: list[Member]) -> list[d
     return out
 
 
+def fitted(ref: Member, probe: Member, fit: np.ndarray, args: argparse.Namespace) -> ModelPairingMonitor:
+    """The learned (affine) monitor of one ordered pair."""
+    monitor = ModelPairingMonitor(translator="affine", steps=args.steps, seed=args.seed)
+    return monitor.fit(EmbeddingPairs(probe.unseen[fit], ref.unseen[fit]))
+
+
+def pair_scores(
+    monitor: ModelPairingMonitor, ref: Member, probe: Member, rows: np.ndarray, poisoned: bool
+) -> np.ndarray:
+    """The monitor's disagreement on unseen faces (``poisoned=False``) or on poisoned samples, at ``rows``."""
+    embeddings = (probe.poisoned, ref.poisoned) if poisoned else (probe.unseen, ref.unseen)
+    return monitor.score(EmbeddingPairs(embeddings[0][rows], embeddings[1][rows]))
+
+
+def both_ways(
+    members: list[Member], fit: np.ndarray, val: np.ndarray, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Translators in both directions, their disagreement scores averaged (thesis section 5.8, future work).
+
+    MobileFaceNet and each kept backdoored IResNet (FMR on its poison), and MobileFaceNet and the
+    clean base IResNet (FNMR on every kept network's poison), at the three rates.
+    """
+    base, partner = members[0], members[-1]
+    kept = [m for m in members if m.name == "IResNet(B)" and m.success]
+    out = []
+    for probe, backdoored in [(base, False), *((m, True) for m in kept)]:
+        monitors = [(fitted(ref, other, fit, args), ref, other) for ref, other in ((partner, probe), (probe, partner))]
+        rows = (np.arange(probe.rows.start, probe.rows.stop) if backdoored
+                else np.concatenate([np.arange(m.rows.start, m.rows.stop) for m in kept]))  # fmt: skip
+        genuine = np.mean([pair_scores(m, r, p, val, False) for m, r, p in monitors], axis=0)
+        poison = np.mean([pair_scores(m, r, p, rows, True) for m, r, p in monitors], axis=0)
+        flags = {str(rate): poison >= calibrated_threshold(genuine, rate) for rate in RATES}
+        out.append({"backdoored": backdoored, "probe": probe.run, "flags": flags, "samples": rows,
+                    "genuine_cos_mean": float(1 - genuine.mean()), "poison_cos": 1 - poison})  # fmt: skip
+    return out
+
+
+def voting(members: list[Member], fit: np.ndarray, val: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Three models, each pair monitored: is the backdoored one named as the culprit?
+
+    For each kept backdoored IResNet X: X, MobileFaceNet and one clean fine-tune, three
+    affine monitors, thresholds on the first half of the validation faces; the other half
+    measures how often a clean face names anyone.
+    """
+    partner = members[-1]
+    others = [m for m in members if m.name == "IResNet'"]
+    kept = [m for m in members if m.name == "IResNet(B)" and m.success]
+    calibrate_rows, judge_rows = val[: len(val) // 2], val[len(val) // 2 :]
+    rng = np.random.default_rng([args.seed, 3])
+    counts = {str(rate): {"named the backdoored": 0, "named another": 0, "named none": 0, "clean faces named": 0}
+              for rate in RATES}  # fmt: skip
+    n_poison = n_clean = 0
+    for x in kept:
+        trio = [x, partner, others[int(rng.integers(len(others)))]]
+        names = [f"{m.name}:{m.seed}" for m in trio]
+        pairs = [(0, 1), (0, 2), (1, 2)]  # (probe, reference) indices: the suspect is probed first
+        monitors = {p: fitted(trio[p[1]], trio[p[0]], fit, args) for p in pairs}
+        rows = np.arange(x.rows.start, x.rows.stop)
+        n_poison += len(rows)
+        n_clean += len(judge_rows)
+        for rate in RATES:
+            poison_flags, clean_flags = {}, {}
+            for (i, j), monitor in monitors.items():
+                ref, probe, key = trio[j], trio[i], (names[i], names[j])
+                threshold = calibrated_threshold(pair_scores(monitor, ref, probe, calibrate_rows, False), rate)
+                poison_flags[key] = pair_scores(monitor, ref, probe, rows, True) >= threshold
+                clean_flags[key] = pair_scores(monitor, ref, probe, judge_rows, False) >= threshold
+            named = name_culprits(names, poison_flags)
+            c = counts[str(rate)]
+            c["named the backdoored"] += int((named == names[0]).sum())
+            c["named none"] += int((named == NO_CULPRIT).sum())
+            c["named another"] += int(((named != names[0]) & (named != NO_CULPRIT)).sum())
+            c["clean faces named"] += int((name_culprits(names, clean_flags) != NO_CULPRIT).sum())
+    shares = {rate: {k: 100.0 * v / (n_clean if k == "clean faces named" else n_poison) for k, v in c.items()}
+              for rate, c in counts.items()}  # fmt: skip
+    return {"trios": len(kept), "poisoned_samples": n_poison, "clean_faces": n_clean, "percent": shares}
+
+
+def cost(members: list[Member], unseen: ArrayDataset, fit: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per face: one IResNet forward pass, against translating and scoring one embedding pair."""
+    base, _ = load_checkpoint(args.base)
+    base.eval()
+    images = unseen.batch(np.arange(min(1024, len(unseen))))[0]
+    partner = members[-1]
+    monitor = fitted(partner, members[0], fit, args)
+    pairs = EmbeddingPairs(members[0].unseen[: len(images)], partner.unseen[: len(images)])
+    with torch.no_grad():
+        forward = min(_timed(lambda: [base(images[i : i + 256]) for i in range(0, len(images), 256)]) for _ in range(3))
+    pairing = min(_timed(lambda: monitor.score(pairs)) for _ in range(3))
+    return {"faces": len(images), "forward_s_per_face": forward / len(images),
+            "pairing_s_per_face": pairing / len(images), "ratio": pairing / forward}  # fmt: skip
+
+
+def _timed(work: Any) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
 def score_picture(members: list[Member], fit: np.ndarray, val: np.ndarray, unseen: ArrayDataset, out: Path,
                   args: argparse.Namespace) -> None:  # fmt: skip
     """Fig. 5.3: genuine / zero-effort-impostor / poisoned cosine scores, a clean and a backdoored pair."""
@@ -351,7 +456,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fit-share", type=float, default=2 / 3, help="share of the unseen people that fit translators")
     p.add_argument("--translators", default="affine,procrustes")
     p.add_argument("--steps", type=int, default=300, help="affine translator: batches of 128")
-    p.add_argument("--others", type=int, default=3, help="partners of each kind per backdoored network")
+    p.add_argument("--others", type=int, default=1, help="partners of each kind per backdoored network")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="model_pairing")
     return p.parse_args()
@@ -412,6 +517,15 @@ def main() -> None:
         },
         "settings": vars(args) | {"zoo": str(args.zoo), "base": str(args.base), "partner": str(args.partner)},
     }
+    print("both directions, three-model voting, cost")
+    groups_kept = groups["kept"]
+    two_way = both_ways(members, fit, val, args)
+    payload["both_ways"] = {
+        "clean": row_summary([r for r in two_way if not r["backdoored"]], groups_kept, False),
+        "backdoored": row_summary([r for r in two_way if r["backdoored"]], groups_kept, True),
+    }
+    payload["voting"] = voting(members, fit, val, args)
+    payload["cost"] = cost(members, unseen, fit, args)
     out = write_result(args.name, payload)
     print(f"wrote {out}")
     score_picture(members, fit, val, unseen, ROOT / "docs" / "model_pairing_scores.png", args)
