@@ -83,3 +83,17 @@ def invoke(runner: Any, *args: str | Path) -> Any:
 def flat(text: str) -> str:
     """Whitespace-normalised text, so wrapped console output can be searched."""
     return " ".join(text.split())
+
+
+def load_bench_script(name: str) -> Any:
+    """``bench/NAME.py`` imported as a module (the bench folder is not a package), for tests of its bookkeeping."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ the Zoo reproduces every committed detection result from its verdicts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,19 +15,13 @@ from backdoorlab.experiments.store import ResultsStore
 from backdoorlab.experiments.zoo import Zoo, ZooRules
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers_experiments import load_bench_script
 from zoo_fixtures import add_run, run_config, store_from_results
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "detect_zoo.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("detect_zoo_under_test", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("detect_zoo")
 
 
 def test_identical_settings_reuse_the_verdict_whatever_the_device(bench: ModuleType) -> None:
@@ -86,7 +79,7 @@ def test_a_verdict_from_before_the_bars_is_stale_unless_the_row_screens_squares_
     assert bench.cache_matches(cached, squares, defaults)
 
 
-RESULTS = BENCH.parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
 @pytest.mark.parametrize("name", ["detect_zoo", "detect_zoo_holdout", "detect_zoo_resnet18"])

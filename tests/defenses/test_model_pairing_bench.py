@@ -4,27 +4,18 @@ backdoored pair: poison not flagged = FMR on poison)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from argparse import Namespace
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from helpers_experiments import load_bench_script
 from scipy.stats import special_ortho_group
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "model_pairing.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("model_pairing_under_test", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("model_pairing")
 
 
 def unit(x: np.ndarray) -> np.ndarray:
