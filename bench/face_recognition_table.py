@@ -83,7 +83,8 @@ def defence_rows() -> list[Row]:
                           if k != "fused")  # fmt: skip
         curve = wa.get("by_references")
         curve_text = ("; fused AUROC by references: " + ", ".join(
-            f"{n}: {c['mean']:.2f}" for n, c in curve["auroc"].items() if c)) if curve else ""  # fmt: skip
+            f"{n}: {c['mean']:.2f}" for n, c in sorted(curve["auroc"].items(), key=lambda kv: int(kv[0])) if c)
+        ) if curve else ""  # fmt: skip
         out.append((
             f"Weight-anomaly detection, last_linear, PCA {100 * st['variance']:g} % + BIC-chosen diagonal GMM "
             f"({zoo['clean']} clean and {kept} of {built} backdoored fine-tunes kept by the four-metric rule; "
@@ -235,7 +236,8 @@ def _weight_anomaly_part(name: str) -> str:
         f"{_mean(proto['seconds_per_network'], 3)} s per network.\n\n" + "\n".join(lines)
     )
     if wa.get("by_references"):
-        curve = " | ".join(f"{n}: {_mean(c)}" for n, c in wa["by_references"]["auroc"].items())
+        by_refs = sorted(wa["by_references"]["auroc"].items(), key=lambda kv: int(kv[0]))
+        curve = " | ".join(f"{n}: {_mean(c)}" for n, c in by_refs)
         text += (f"\n\nFused AUROC against the number of references ({wa['by_references']['held_out_clean']} "
                  f"held-out clean networks): {curve}")  # fmt: skip
     return text
