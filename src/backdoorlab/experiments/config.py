@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from backdoorlab.data.arrays import file_sha256
 from backdoorlab.errors import BackdoorLabError, ConfigError
 from backdoorlab.registry import MODELS, TASKS
 
@@ -332,11 +333,7 @@ def init_identity(init: str) -> str:
     weights = p / "model.safetensors" if p.is_dir() else p
     if not weights.is_file():
         return f"missing:{p.name}"
-    digest = hashlib.sha256()
-    with weights.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{file_sha256(weights)}"
 
 
 def _format_validation(exc: ValidationError, origin: str | None, prefix: str = "") -> str:

@@ -15,7 +15,6 @@ or one level of subfolders, as FFHQ ships), resized to each model's input.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
 
-from backdoorlab.data.arrays import ArrayDataset
+from backdoorlab.data.arrays import ArrayDataset, file_sha256
 from backdoorlab.data.face_recognition_sets import load_ffhq
 from backdoorlab.defenses.model_pairing import EmbeddingPairs, EmbeddingTranslator, ModelPairingMonitor
 from backdoorlab.errors import BackdoorLabError, ConfigError, DatasetError
@@ -57,11 +56,7 @@ def read_faces(path: Path, size: int) -> ArrayDataset:
 
 
 def _weights_digest(run_dir: Path) -> str:
-    digest = hashlib.sha256()
-    with open(run_dir / WEIGHTS_FILE, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(run_dir / WEIGHTS_FILE)
 
 
 def _input_size(run_dir: Path) -> int:
