@@ -209,14 +209,29 @@ def unseen_halves(unseen: ArrayDataset, share: float) -> tuple[np.ndarray, np.nd
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
+def fitted(
+    ref: Member, probe: Member, fit: np.ndarray, steps: int, seed: int, kind: str = "affine"
+) -> ModelPairingMonitor:
+    """The monitor of one ordered pair, its translator fitted on the unseen faces at ``fit``."""
+    monitor = ModelPairingMonitor(translator=kind, steps=steps, seed=seed)  # type: ignore[arg-type]
+    return monitor.fit(EmbeddingPairs(probe.unseen[fit], ref.unseen[fit]))
+
+
+def pair_scores(
+    monitor: ModelPairingMonitor, ref: Member, probe: Member, rows: np.ndarray, poisoned: bool
+) -> np.ndarray:
+    """The monitor's disagreement on unseen faces (``poisoned=False``) or on poisoned samples, at ``rows``."""
+    embeddings = (probe.poisoned, ref.poisoned) if poisoned else (probe.unseen, ref.unseen)
+    return monitor.score(EmbeddingPairs(embeddings[0][rows], embeddings[1][rows]))
+
+
 def pair_flags(
     ref: Member, probe: Member, samples: np.ndarray, kind: str, fit: np.ndarray, val: np.ndarray, steps: int, seed: int
 ) -> dict[str, Any]:
     """Fit the pair's translator, calibrate it at each rate, and flag each of its poisoned samples."""
-    monitor = ModelPairingMonitor(translator=kind, steps=steps, seed=seed)
-    monitor.fit(EmbeddingPairs(probe.unseen[fit], ref.unseen[fit]))
-    genuine = monitor.score(EmbeddingPairs(probe.unseen[val], ref.unseen[val]))
-    poison = monitor.score(EmbeddingPairs(probe.poisoned[samples], ref.poisoned[samples]))
+    monitor = fitted(ref, probe, fit, steps, seed, kind)
+    genuine = pair_scores(monitor, ref, probe, val, poisoned=False)
+    poison = pair_scores(monitor, ref, probe, samples, poisoned=True)
     flags = {str(rate): poison >= monitor.calibrate(genuine, rate) for rate in RATES}
     history = monitor.translator.history if monitor.translator is not None else []
     # the learned translator's mean negative cosine over 10 batches after 100 (the thesis's count) and at the end
@@ -305,20 +320,6 @@ def network_rows(results: list[dict[str, Any]], members: list[Member]) -> list[d
     return out
 
 
-def fitted(ref: Member, probe: Member, fit: np.ndarray, args: argparse.Namespace) -> ModelPairingMonitor:
-    """The learned (affine) monitor of one ordered pair."""
-    monitor = ModelPairingMonitor(translator="affine", steps=args.steps, seed=args.seed)
-    return monitor.fit(EmbeddingPairs(probe.unseen[fit], ref.unseen[fit]))
-
-
-def pair_scores(
-    monitor: ModelPairingMonitor, ref: Member, probe: Member, rows: np.ndarray, poisoned: bool
-) -> np.ndarray:
-    """The monitor's disagreement on unseen faces (``poisoned=False``) or on poisoned samples, at ``rows``."""
-    embeddings = (probe.poisoned, ref.poisoned) if poisoned else (probe.unseen, ref.unseen)
-    return monitor.score(EmbeddingPairs(embeddings[0][rows], embeddings[1][rows]))
-
-
 def both_ways(
     members: list[Member], fit: np.ndarray, val: np.ndarray, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -331,7 +332,8 @@ def both_ways(
     kept = [m for m in members if m.name == "IResNet(B)" and m.success]
     out = []
     for probe, backdoored in [(base, False), *((m, True) for m in kept)]:
-        monitors = [(fitted(ref, other, fit, args), ref, other) for ref, other in ((partner, probe), (probe, partner))]
+        directions = ((partner, probe), (probe, partner))
+        monitors = [(fitted(ref, other, fit, args.steps, args.seed), ref, other) for ref, other in directions]
         rows = (np.arange(probe.rows.start, probe.rows.stop) if backdoored
                 else np.concatenate([np.arange(m.rows.start, m.rows.stop) for m in kept]))  # fmt: skip
         genuine = np.mean([pair_scores(m, r, p, val, False) for m, r, p in monitors], axis=0)
@@ -361,7 +363,7 @@ def voting(members: list[Member], fit: np.ndarray, val: np.ndarray, args: argpar
         trio = [x, partner, others[int(rng.integers(len(others)))]]
         names = [f"{m.name}:{m.seed}" for m in trio]
         pairs = [(0, 1), (0, 2), (1, 2)]  # (probe, reference) indices: the suspect is probed first
-        monitors = {p: fitted(trio[p[1]], trio[p[0]], fit, args) for p in pairs}
+        monitors = {p: fitted(trio[p[1]], trio[p[0]], fit, args.steps, args.seed) for p in pairs}
         rows = np.arange(x.rows.start, x.rows.stop)
         n_poison += len(rows)
         n_clean += len(judge_rows)
@@ -389,7 +391,7 @@ def cost(members: list[Member], unseen: ArrayDataset, fit: np.ndarray, args: arg
     base.eval()
     images = unseen.batch(np.arange(min(1024, len(unseen))))[0]
     partner = members[-1]
-    monitor = fitted(partner, members[0], fit, args)
+    monitor = fitted(partner, members[0], fit, args.steps, args.seed)
     pairs = EmbeddingPairs(members[0].unseen[: len(images)], partner.unseen[: len(images)])
     with torch.no_grad():
         forward = min(_timed(lambda: [base(images[i : i + 256]) for i in range(0, len(images), 256)]) for _ in range(3))
@@ -425,11 +427,10 @@ def score_picture(members: list[Member], fit: np.ndarray, val: np.ndarray, unsee
              (partner, strongest, f"backdoored pair: MobileFaceNet ref, IResNet(B) probe (seed {strongest.seed})",
               np.arange(strongest.rows.start, strongest.rows.stop))]  # fmt: skip
     for ax, (ref, probe, title, rows) in zip(axes, cases, strict=True):
-        monitor = ModelPairingMonitor(translator="affine", steps=args.steps, seed=args.seed)
-        monitor.fit(EmbeddingPairs(probe.unseen[fit], ref.unseen[fit]))
-        genuine = 1 - monitor.score(EmbeddingPairs(probe.unseen[val], ref.unseen[val]))
+        monitor = fitted(ref, probe, fit, args.steps, args.seed)
+        genuine = 1 - pair_scores(monitor, ref, probe, val, poisoned=False)
         impostor = 1 - monitor.score(EmbeddingPairs(probe.unseen[val][other], ref.unseen[val][shuffled[other]]))
-        poison = 1 - monitor.score(EmbeddingPairs(probe.poisoned[rows], ref.poisoned[rows]))
+        poison = 1 - pair_scores(monitor, ref, probe, rows, poisoned=True)
         bins = np.linspace(-0.3, 1.0, 66)
         for values, label, colour in ((genuine, "genuine (unseen people)", "tab:green"),
                                       (impostor, "zero-effort impostor", "tab:red"),
@@ -529,7 +530,6 @@ def main() -> None:
     out = write_result(args.name, payload)
     print(f"wrote {out}")
     score_picture(members, fit, val, unseen, ROOT / "docs" / "model_pairing_scores.png", args)
-    sys.path.insert(0, str(HERE))
     from face_recognition_table import pairing_table
 
     print(pairing_table(json.loads(out.read_text())))
