@@ -115,3 +115,21 @@ def test_a_rotated_pair_flags_only_the_faces_one_model_moved(bench, kind: str) -
         assert clean["flags"][rate].mean() <= float(rate) + 0.1
     assert not clean["flags"][str(bench.RATES[0])].any()
     assert clean["genuine_cos_mean"] > 0.98
+
+
+def test_voting_and_both_directions_account_for_every_poisoned_sample(bench) -> None:
+    zoo = members(bench, kept=2, missed=1, clean=3, per=4)
+    rng = np.random.default_rng(3)
+    for m in zoo:  # enough unseen faces to fit translators and calibrate them
+        m.unseen = unit(rng.normal(size=(60, 3)))
+    fit, val = np.arange(40), np.arange(40, 60)
+    args = Namespace(steps=20, seed=0)
+    vote = bench.voting(zoo, fit, val, args)
+    assert vote["trios"] == 2 and vote["poisoned_samples"] == 8 and vote["clean_faces"] == 2 * 10
+    for shares in vote["percent"].values():
+        poison = shares["named the backdoored"] + shares["named another"] + shares["named none"]
+        assert poison == pytest.approx(100.0)
+    two_way = bench.both_ways(zoo, fit, val, args)
+    assert [r["backdoored"] for r in two_way] == [False, True, True]
+    assert len(two_way[0]["samples"]) == 8  # the clean pair sees every kept network's poison
+    assert all(len(f) == len(r["samples"]) for r in two_way for f in r["flags"].values())
