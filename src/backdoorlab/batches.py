@@ -20,3 +20,22 @@ from torch import nn
 BatchTransform = Callable[[torch.Tensor, dict[str, Any], np.ndarray], tuple[torch.Tensor, dict[str, Any]]]
 # (model, images on the device, annotations after batch_transform, sample indices) -> scalar added to the loss
 Regularizer = Callable[[nn.Module, torch.Tensor, dict[str, Any], np.ndarray], torch.Tensor]
+
+
+def summed(*regularizers: Regularizer | None) -> Regularizer | None:
+    """One regularizer adding up the given ones (``None`` entries skipped; ``None`` when none is left).
+
+    Why: an attacker may hide from several detectors at once (the feature signature and the
+    weight distance); the loop takes one hook.
+    """
+    present = [r for r in regularizers if r is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def total(model: nn.Module, images: torch.Tensor, ann: dict[str, Any], idx: np.ndarray) -> torch.Tensor:
+        out = present[0](model, images, ann, idx)
+        for regularizer in present[1:]:
+            out = out + regularizer(model, images, ann, idx)
+        return out
+
+    return total

@@ -31,11 +31,13 @@ if TYPE_CHECKING:
 HASH_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {
     ("attack",): None,
     ("attack", "adaptive"): None,
+    ("attack", "weight_distance"): None,
     ("attack", "selector"): None,
     ("attack", "mode"): "replace",
     ("data", "verify"): True,
     ("model", "init"): None,
     ("train", "trainable"): "all",
+    ("train", "trainable_from"): None,
     ("task_options",): {},
 }
 
@@ -112,6 +114,20 @@ class TrainConfig(_Strict):
         description="train every layer, or only the model's LAST_LAYERS on its frozen trunk's features "
         "(computed once and cached: a fine-tune in seconds)",
     )
+    trainable_from: str | None = Field(
+        None,
+        description="with trainable: last, the named stage training starts at (e.g. layer4.1 of an IResNet: "
+        "the last block, its neck and last layers train on the cached output of the stages before it)",
+    )
+
+    @model_validator(mode="after")
+    def _tail_needs_last(self) -> TrainConfig:
+        if self.trainable_from is not None and self.trainable != "last":
+            raise ValueError(
+                f"train.trainable_from ({self.trainable_from!r}) needs train.trainable: last (the stages before it "
+                "are frozen and cached)"
+            )
+        return self
 
 
 class AdaptiveConfig(_Strict):
@@ -136,6 +152,28 @@ class AdaptiveConfig(_Strict):
         return value
 
 
+class WeightDistanceConfig(_Strict):
+    """An adaptive attacker who hides the backdoor from weight inspection (the thesis's weight anomaly).
+
+    Adds ``weight * sum ||theta - theta(0)||^2`` over the trained parameters to the loss, with
+    ``theta(0)`` the weights training starts from: start from a clean network of the
+    population (``model.init``) and the backdoored weights stay near it (see
+    :mod:`backdoorlab.attacks.weight_distance`).
+    """
+
+    weight: float = Field(description="price of one unit of squared L2 distance from the starting weights (> 0)")
+
+    @field_validator("weight")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"attack.weight_distance.weight must be a finite number > 0, got {value} "
+                "(leave out attack.weight_distance for an attack that may move the weights freely)"
+            )
+        return value
+
+
 class AttackConfig(_Strict):
     """A backdoor attack: which trigger, which relabel, which training samples.
 
@@ -146,7 +184,8 @@ class AttackConfig(_Strict):
     (patch, blend, wanet, sticker), the task's relabels, selectors (rate, identity,
     instances; default: ``rate`` of the samples, drawn with ``seed``). ``mode`` replaces
     the selected samples or appends poisoned copies. ``adaptive: {weight: w}`` makes it
-    an adaptive attack (:class:`AdaptiveConfig`). Any other key is a setting of the
+    an adaptive attack (:class:`AdaptiveConfig`); ``weight_distance: {weight: w}`` one that
+    hides from weight inspection (:class:`WeightDistanceConfig`). Any other key is a setting of the
     task's attack scoring (``Task.attack_settings``, e.g. a success tolerance), checked
     against the run's task.
     """
@@ -160,6 +199,9 @@ class AttackConfig(_Strict):
     selector: dict[str, Any] | None = Field(None, description="which samples (default: a rate selector)")
     mode: Literal["replace", "append"] = Field("replace", description="replace samples or append poisoned copies")
     adaptive: AdaptiveConfig | None = Field(None, description="hide the feature-space signature while training")
+    weight_distance: WeightDistanceConfig | None = Field(
+        None, description="stay near the starting (clean) weights while training, against weight inspection"
+    )
 
     def task_settings(self) -> dict[str, Any]:
         """The keys that are not the attack's own: the task's attack-scoring settings."""

@@ -38,6 +38,8 @@ import torch
 import backdoorlab
 from backdoorlab.attacks.adaptive import FeatureSignaturePenalty, angle_variance_ratio
 from backdoorlab.attacks.poisoning import PoisonPlan, write_attack_record
+from backdoorlab.attacks.weight_distance import WeightDistancePenalty
+from backdoorlab.batches import summed
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.masking import EyeMask
 from backdoorlab.data.synthetic.dataset import default_cache_dir
@@ -49,6 +51,7 @@ from backdoorlab.experiments.store import ResultsStore, keep_claim
 from backdoorlab.frozen_trunk import (
     FeatureDataset,
     LastLayers,
+    StagedTrunk,
     check_last_layers_contract,
     clean_trunk_features,
     frozen_feature_set,
@@ -292,12 +295,19 @@ def _last_layers_on_features(
     transform: Any,
     device: torch.device,
     progress: bool,
-) -> tuple[LastLayers, FeatureDataset]:
-    """The model's last layers and the features they train on (``train.trainable: last``)."""
-    last = LastLayers(model)
-    check_last_layers_contract(model, last, train_ds.batch(np.arange(min(2, len(train_ds))))[0])
+) -> tuple[LastLayers, FeatureDataset, torch.nn.Module]:
+    """The trained layers, the features they train on and the frozen part (``train.trainable: last``).
+
+    The frozen part is the model itself (its ``trunk``, the last layers trained) or, with
+    ``train.trainable_from``, the model cut before that stage (:class:`StagedTrunk`).
+    """
+    example = train_ds.batch(np.arange(min(2, len(train_ds))))[0]
+    start = cfg.train.trainable_from
+    frozen = model if start is None else StagedTrunk(model, start, example)
+    last = LastLayers(frozen)
+    check_last_layers_contract(frozen, last, example)
     features = frozen_feature_set(
-        model,
+        frozen,
         clean_train,
         train_ds,
         _sources(len(clean_train), plan),
@@ -307,7 +317,7 @@ def _last_layers_on_features(
         cache_dir=cfg.data.cache_dir or default_cache_dir(),
         progress=progress,
     )
-    return last, features
+    return last, features, frozen
 
 
 def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str, Any]:
@@ -346,18 +356,21 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
             regularizer = FeatureSignaturePenalty(plan, poisoning.trigger, adaptive.weight)
     if len(train_ds) < settings.batch_size:
         raise ConfigError(f"train.batch_size={settings.batch_size} exceeds the {len(train_ds)} training samples")
-    fitted, fit_data = model, train_ds
+    fitted, fit_data, frozen = model, train_ds, model
     features_seconds = 0.0
     if cfg.train.trainable == "last":  # the last layers on the frozen trunk's cached features
         if regularizer is not None:
             raise ConfigError("attack.adaptive needs the whole model in training; it cannot use train.trainable: last")
         t_features = time.perf_counter()
-        fitted, fit_data = _last_layers_on_features(
+        fitted, fit_data, frozen = _last_layers_on_features(
             cfg, model, clean_train, train_ds, plan, transform, device, progress
         )
         features_seconds = time.perf_counter() - t_features
         transform = None  # applied once, before the trunk
         settings.augment = False
+    anchored = cfg.attack.weight_distance if cfg.attack is not None else None
+    distance = WeightDistancePenalty(fitted, anchored.weight) if anchored is not None else None
+    regularizer = summed(regularizer, distance)
     history: list[dict[str, float]] = []
 
     def log_epoch(epoch: int, record: dict[str, float]) -> None:
@@ -379,7 +392,7 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
     t1 = time.perf_counter()
     if isinstance(fitted, LastLayers):  # the trunk did not move: the test images' features are cached too
         test_features = clean_trunk_features(
-            model, test_ds, device, cfg.data.cache_dir or default_cache_dir(), progress
+            frozen, test_ds, device, cfg.data.cache_dir or default_cache_dir(), progress
         )
         preds = task.predict(fitted, FeatureDataset(test_features, test_ds.annotations), device=device)  # type: ignore[arg-type]
     else:
@@ -412,6 +425,10 @@ def _train_and_evaluate(cfg: RunConfig, path: Path, progress: bool) -> dict[str,
             metrics.update(angle_var_ratio_min=float(ratio.min()), angle_var_ratio_mean=float(ratio.mean()))
         if adaptive is not None:
             metrics.update(adaptive_weight=adaptive.weight, adaptive_penalty=result.history[-1]["regularizer"])
+        if distance is not None:  # how far from the clean start the backdoored weights ended
+            with torch.no_grad():
+                moved = float(distance.distance(fitted))
+            metrics.update(weight_distance_weight=distance.weight, weight_distance_sq=moved)
         metrics["eval_seconds"] = time.perf_counter() - t1
     (path / "history.json").write_text(json.dumps(result.history, indent=2))
     card = {
