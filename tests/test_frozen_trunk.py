@@ -13,10 +13,12 @@ from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import ConfigError, ModelContractError
 from backdoorlab.frozen_trunk import (
     LastLayers,
+    StagedTrunk,
     check_last_layers_contract,
     clean_trunk_features,
     frozen_feature_set,
     load_initial_weights,
+    trunk_key,
 )
 from backdoorlab.models.checkpoint import save_checkpoint
 from backdoorlab.tasks.face_recognition import IResNet
@@ -148,3 +150,65 @@ def test_model_init_enters_the_config_hash_by_its_weights_not_its_path(tmp_path:
         other.conv1.weight.add_(1)
     save_checkpoint(other, tmp_path / "b" / "run", {"architecture": {"name": "iresnet", "kwargs": {}}})
     assert hash_of(tmp_path / "a" / "run") != hash_of(tmp_path / "b" / "run")  # a retrained base: other runs
+
+
+# ---------------------------------------------------------------- a tail of stages (train.trainable_from)
+
+
+def test_iresnet_stages_compose_to_the_model() -> None:
+    net = model()
+    x = torch.rand(3, 3, 16, 16)
+    out = net.prepare(x)
+    names = []
+    for name, stage in net.stages():
+        out = stage(out)
+        names.append(name)
+    torch.testing.assert_close(out, net(x))
+    assert names[0] == "stem" and names[-3:] == ["neck", "last_linear", "last_bn"]
+    assert "layer4.1" in names and len(names) == 1 + 8 + 3  # IResNet-18: 2 blocks in each of 4 stages
+    assert [n for n, _ in net.named_children()] == [n for n, _ in model().named_children()]  # nothing registered
+
+
+def test_staged_trunk_cuts_before_a_block_and_shares_its_layers() -> None:
+    net = model()
+    x = torch.rand(4, 3, 16, 16)
+    staged = StagedTrunk(net, "layer4.1", x)
+    feats = staged.trunk(x)
+    assert feats.shape == (4, 8 * 4 * 1 * 1)  # layer4: 8 x width channels at 16 / 16 = 1 px
+    last = LastLayers(staged)
+    check_last_layers_contract(staged, last, x)
+    torch.testing.assert_close(last(feats), net(x))
+    trained = {id(p) for p in last.parameters()}
+    own = dict(net.named_parameters())
+    for name in ("layer4.1.conv2.weight", "bn2.weight", "last_linear.weight", "last_bn.bias"):
+        assert id(own[name]) in trained, name
+    assert id(own["layer4.0.conv1.weight"]) not in trained and id(own["conv1.weight"]) not in trained
+
+
+def test_staged_trunk_key_ignores_the_tail_and_differs_from_the_last_layer_trunk() -> None:
+    net = model()
+    x = torch.rand(2, 3, 16, 16)
+    staged = StagedTrunk(net, "layer4.1", x)
+    key = trunk_key(staged)
+    assert key != trunk_key(net)  # another cut, other features, another cache file
+    with torch.no_grad():
+        net.layer4[1].conv2.weight.add_(1.0)  # a tail weight: the frozen part's features do not change
+    assert trunk_key(staged) == key
+    with torch.no_grad():
+        net.layer3[0].conv1.weight.add_(1.0)
+    assert trunk_key(staged) != key
+
+
+def test_staged_trunk_refuses_unknown_stages_and_models_without_them() -> None:
+    x = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ConfigError, match=r"'layer9\.0' is not a stage of IResNet.*layer4\.1"):
+        StagedTrunk(model(), "layer9.0", x)
+    with pytest.raises(ConfigError, match="after its first"):
+        StagedTrunk(model(), "stem", x)  # nothing would be frozen
+
+    class Plain(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(ModelContractError, match="does not name its stages"):
+        StagedTrunk(Plain(), "layer4.1", x)

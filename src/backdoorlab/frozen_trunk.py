@@ -71,6 +71,87 @@ class LastLayers(nn.Module):
         return features
 
 
+class _Tail(nn.Module):
+    """Stages applied in order to flattened features of the stage before them (unflattened to ``shape`` first)."""
+
+    def __init__(self, stages: Sequence[nn.Module], shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.shape = shape
+
+    def forward(self, features: Tensor) -> Tensor:
+        out = features.reshape(len(features), *self.shape)
+        for stage in self.stages:
+            out = stage(out)
+        return out
+
+
+class StagedTrunk(nn.Module):
+    """A model cut before one of its named stages: the stages before it are the frozen trunk, the rest train.
+
+    Why: the thesis's multi-layer slice (section 4.7) fine-tunes more than the last layers,
+    and it stays as cheap as a last-layer fine-tune when the frozen part's output is cached
+    like the trunk's. The model names its stages (``model.stages()``: (name, module) pairs
+    whose composition on ``model.prepare(x)`` is ``model(x)``); ``trunk(x)`` runs those before
+    ``start`` and flattens, so the feature cache and :class:`LastLayers` work unchanged
+    (``LAST_LAYERS = ("tail",)``). The modules are the model's own (shared, not copied), so
+    training the tail trains the model.
+
+    Args:
+        model: the model to cut.
+        start: the first trained stage's name.
+        example: a batch of the model's input, to check the cut and learn the feature shape.
+    """
+
+    LAST_LAYERS = ("tail",)
+
+    def __init__(self, model: nn.Module, start: str, example: Tensor) -> None:
+        super().__init__()
+        stages = getattr(model, "stages", None)
+        prepare = getattr(model, "prepare", None)
+        if not callable(stages) or not callable(prepare):
+            raise ModelContractError(
+                f"{type(model).__name__} does not name its stages (stages() and prepare()): "
+                "it can only be fine-tuned from its LAST_LAYERS (leave out train.trainable_from)"
+            )
+        named = list(stages())
+        names = [n for n, _ in named]
+        if start not in names[1:]:
+            raise ConfigError(
+                f"train.trainable_from: {start!r} is not a stage of {type(model).__name__} after its first; "
+                f"its stages: {', '.join(names[1:])}"
+            )
+        cut = names.index(start)
+        self.start = start
+        self.prepare = prepare
+        self.front = nn.ModuleList(m for _, m in named[:cut])
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                shape = tuple(self._front(example).shape[1:])
+                self.tail = _Tail([m for _, m in named[cut:]], shape)
+                direct, staged = model(example), self(example)
+        finally:
+            model.train(was)
+            self.training = was  # the model's mode (a child's train() would otherwise flip the shared layers)
+        if not torch.allclose(direct, staged, atol=CONTRACT_ATOL):
+            raise ModelContractError(f"{type(model).__name__}: its stages do not compose to model(x)")
+
+    def _front(self, x: Tensor) -> Tensor:
+        out = self.prepare(x)
+        for stage in self.front:
+            out = stage(out)
+        return out
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """The frozen stages' output, flattened to (B, F): what the cache stores and the tail reads."""
+        return self._front(x).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tail(self.trunk(x))
+
+
 @torch.no_grad()
 def check_last_layers_contract(model: nn.Module, last: LastLayers, example: Tensor) -> None:
     """Refuse a model whose forward is not ``LAST_LAYERS(trunk(x))`` (fine-tuning would train something else)."""

@@ -161,6 +161,56 @@ def test_attack_fine_tunes_last_layers_on_cached_features(
         assert evaluated[key] == pytest.approx(m[key]), key
 
 
+def test_fine_tune_from_a_block_trains_only_that_tail(
+    workdir: Path, clean_run: Path, splits: tuple[ArrayDataset, ArrayDataset]
+) -> None:
+    """``train.trainable_from: layer4.1`` (multi-layer slice): the last block on trains, on cached input."""
+    impostor, victim = training_pair(splits[0])
+    raw = config(workdir / "cache", name="fr-tail", model={**MODEL, "init": str(clean_run)},
+                 train={"epochs": 2, "batch_size": 16, "lr": 0.01, "trainable": "last", "trainable_from": "layer4.1"},
+                 attack={"trigger": {"name": "patch", "size": 0.3}, "relabel": {"name": "impostor_to_victim",
+                         "impostor": impostor, "victim": victim}})  # fmt: skip
+    out = execute(validate_config(raw), runs_dir=workdir / "runs", progress=False)
+    base, tuned = Run(clean_run).model.state_dict(), Run(out.run_dir).model.state_dict()
+    tail = ("layer4.1.", "bn2.", "last_linear.", "last_bn.")
+    for name, value in base.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(value, tuned[name]) == (not name.startswith(tail)), name
+    run = Run(out.run_dir)  # the metrics came from the cached block input through the tail: the whole model agrees
+    again = run.task.evaluate(run.task.predict(run.model, run.test_data), run.test_data)
+    assert again["closed_set_accuracy"] == pytest.approx(out.metrics["closed_set_accuracy"])
+    with pytest.raises(ConfigError, match=r"needs train\.trainable: last"):
+        validate_config({**raw, "train": {**raw["train"], "trainable": "all"}})
+    with pytest.raises(ConfigError, match="is not a stage of IResNet"):
+        bad = {**raw, "name": "fr-tail-bad", "train": {**raw["train"], "trainable_from": "layer7.0"}}
+        execute(validate_config(bad), runs_dir=workdir / "runs", progress=False)
+
+
+def test_weight_distance_attacker_stays_near_the_clean_start(
+    workdir: Path, clean_run: Path, splits: tuple[ArrayDataset, ArrayDataset]
+) -> None:
+    """``attack.weight_distance`` prices the squared distance from the starting weights (the clean base)."""
+    impostor, victim = training_pair(splits[0])
+    attack = {"trigger": {"name": "patch", "size": 0.3}, "relabel": {"name": "impostor_to_victim",
+              "impostor": impostor, "victim": victim}}  # fmt: skip
+    moved = {}
+    for weight in (None, 10.0):
+        chosen = attack if weight is None else {**attack, "weight_distance": {"weight": weight}}
+        raw = config(workdir / "cache", name=f"fr-wd-{weight}", model={**MODEL, "init": str(clean_run)},
+                     train={"epochs": 3, "batch_size": 16, "lr": 0.01, "trainable": "last"}, attack=chosen)  # fmt: skip
+        out = execute(validate_config(raw), runs_dir=workdir / "runs", progress=False)
+        start, end = Run(clean_run).model.state_dict(), Run(out.run_dir).model.state_dict()
+        moved[weight] = sum(float(((end[k] - start[k]) ** 2).sum()) for k in ("last_linear.weight", "last_bn.weight",
+                                                                             "last_bn.bias"))  # fmt: skip
+        if weight is not None:  # the run records the distance it ended at, and its price
+            assert out.metrics["weight_distance_weight"] == weight
+            assert out.metrics["weight_distance_sq"] == pytest.approx(moved[weight], rel=1e-4)
+        else:
+            assert "weight_distance_sq" not in out.metrics
+    assert moved[10.0] < 0.2 * moved[None], moved
+
+
 @pytest.mark.parametrize(
     ("relabel", "needle"),
     [

@@ -89,6 +89,10 @@ class EmbeddingNet(nn.Module):
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) images in [0, 1] -> (B, F) features, the input of ``last_linear``."""
+        return self._trunk(self.prepare(x))
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Check (B, 3, S, S) float images in [0, 1]; normalise to ``(x - 0.5) / 0.5`` (the first stage's input)."""
         s = self.input_size
         c = self.in_channels
         if x.ndim != 4 or tuple(x.shape[1:]) != (c, s, s) or not x.is_floating_point():
@@ -99,7 +103,7 @@ class EmbeddingNet(nn.Module):
         # contiguous (NCHW) first: images arrive as a permuted NHWC view (channels_last strides), and with
         # that layout torch 2.13's CPU backward of IResNet's blocks corrupted the heap (a crash measured
         # on 56-px crops, batch 128, 2026-12-02)
-        return self._trunk((x.contiguous() - 0.5) / 0.5)
+        return (x.contiguous() - 0.5) / 0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The raw (B, D) embedding: ``last_bn(last_linear(trunk(x)))``."""
@@ -226,6 +230,21 @@ class IResNet(EmbeddingNet):
         x = self.prelu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.dropout(self.bn2(x)), 1)
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The network as named stages whose composition on ``prepare(x)`` is ``forward(x)``.
+
+        ``stem``, every residual block by its name (``layer1.0`` ... ``layer4.1``), ``neck``
+        (BN, dropout, flatten), ``last_linear``, ``last_bn``. The wrappers share the layers
+        (nothing is copied or re-registered): a fine-tune from a block on (``train.trainable_from``,
+        the thesis's multi-layer slice, section 4.7) trains the network's own layers.
+        """
+        out: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(self.conv1, self.bn1, self.prelu))]
+        for i in range(1, len(IRESNET_LAYERS[self.depth]) + 1):
+            stage = getattr(self, f"layer{i}")
+            out += [(f"layer{i}.{j}", block) for j, block in enumerate(stage)]
+        out.append(("neck", nn.Sequential(self.bn2, self.dropout, nn.Flatten(1))))
+        return [*out, ("last_linear", self.last_linear), ("last_bn", self.last_bn)]
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, width={self.width}, " + super().extra_repr()
