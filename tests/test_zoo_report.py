@@ -187,3 +187,21 @@ def test_the_page_imports_nothing_from_experiments() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(backdoorlab.__file__).parents[1])}  # this checkout's package
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "[]"
+
+
+def test_a_weight_inspection_page_has_no_target_or_trigger_columns_and_draws_det(tmp_path: Path) -> None:
+    """A population detector's results (no target, no reversed trigger): its own title and protocol, ROC + DET."""
+    data = json.loads(_fake_zoo(tmp_path).read_text())
+    for res in data["methods"].values():
+        for m in res["models"]:
+            m.pop("target_deg"), m.pop("estimated_target_deg")
+    data.update(title="Weight anomaly on the recognition zoo", protocol="Fitted on 12 clean references.",
+                trigger_images=False)  # fmt: skip
+    path = tmp_path / "weights.json"
+    path.write_text(json.dumps(data))
+    html = write_zoo_report(path, tmp_path / "weights.html", root=tmp_path).read_text(encoding="utf-8")
+    assert "Weight anomaly on the recognition zoo" in html and "Fitted on 12 clean references." in html
+    assert 'alt="DET curves, one per method"' in html and 'alt="ROC curves, one per method"' in html
+    for gone in ("real target", "estimated target", "target error", 'id="triggers"', "(pitch, yaw)"):
+        assert gone not in html, gone
+    assert html.count("● flagged") + html.count(">no<") == 2 * len(MODELS)  # every model's cell per method

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from backdoorlab.defenses.base import calibrated_threshold
 from backdoorlab.defenses.conformance import check_population_detector
 from backdoorlab.defenses.weight_anomaly.detector import WeightAnomalyDetector, layer_vectors
 from backdoorlab.errors import BackdoorLabError, ConfigError
@@ -66,11 +67,20 @@ def test_the_score_is_blind_to_the_order_of_neurons() -> None:
 
 def test_layers_and_views_are_fused_and_reported() -> None:
     det = WeightAnomalyDetector(layers=("last_linear", "conv"), views=("forward", "backward"), components=(1, 2))
-    det.fit([Net(clean_rows(s)) for s in range(10)])
+    refs = [Net(clean_rows(s)) for s in range(10)]  # their conv weights are random: keep these very networks
+    det.fit(refs)
     verdict = det.inspect(Net(backdoored_rows(3)))
     per_layer = verdict.details["per_layer"]
     assert set(per_layer) == {"last_linear/forward", "last_linear/backward", "conv/forward", "conv/backward"}
     assert verdict.score == pytest.approx(sum(per_layer.values()))
+    thresholds = verdict.details["per_layer_thresholds"]
+    assert set(thresholds) == set(per_layer)
+    # max_fpr 0: each layer/view alone flags none of the calibration references, and sits just above the highest
+    n_cal = round(det.calibration_share * len(refs))
+    calibration = [refs[i] for i in np.random.default_rng(det.seed).permutation(len(refs))[:n_cal]]
+    for key, threshold in thresholds.items():
+        scores = [det.inspect(n).details["per_layer"][key] for n in calibration]
+        assert max(scores) < threshold == pytest.approx(calibrated_threshold(scores, det.max_fpr)), key
 
 
 def test_conformance_of_the_population_shape() -> None:

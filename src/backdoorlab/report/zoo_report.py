@@ -214,6 +214,44 @@ def _roc_figure(methods: Mapping[str, Any]) -> tuple[str | None, list[str]]:
     return fig_to_data_uri(fig), notes
 
 
+def _det_figure(methods: Mapping[str, Any]) -> str | None:
+    """DET curves (miss rate against false-alarm rate, both on normal-deviate axes), one per method.
+
+    Why beside the ROC: the low false-alarm corner, where a deployed detector has to
+    work, is a sliver of a linear ROC plot and spreads over most of a DET plot. Rates of
+    exactly 0 or 1 (small zoos) are drawn at half a model's share from the edge.
+    """
+    from scipy.stats import norm
+
+    curves = []
+    for name, res in methods.items():
+        ev = [m for m in res["models"] if _role(m) > 0 and math.isfinite(float(m["score"]))]
+        labels = np.array([_role(m) == 2 for m in ev], dtype=int)
+        if labels.sum() == 0 or labels.sum() == len(labels):
+            continue
+        fpr, tpr, _ = roc_curve(np.array([float(m["score"]) for m in ev]), labels)
+        edge = 0.5 / max(int(labels.sum()), int((labels == 0).sum()))
+        curves.append((name, np.clip(fpr, edge, 1 - edge), np.clip(1 - tpr, edge, 1 - edge)))
+    if not curves:
+        return None
+    ticks = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95])
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 4.4))
+        for i, (name, fpr, fnr) in enumerate(curves):
+            ax.plot(norm.ppf(fpr), norm.ppf(fnr), color=f"C{i}", linewidth=1.8, drawstyle="steps-post", label=name)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_ticks(norm.ppf(ticks), [f"{t:g}" for t in ticks])
+        lim = norm.ppf([0.005, 0.97])
+        ax.set_xlim(*lim)
+        ax.set_ylim(*lim)
+        ax.set_xlabel("false-alarm rate (clean evaluation models flagged)")
+        ax.set_ylabel("miss rate (backdoored models not flagged)")
+        ax.set_title("DET of the detection score")
+        ax.legend(frameon=False, loc="upper right", fontsize=8)
+        fig.tight_layout()
+    return fig_to_data_uri(fig)
+
+
 def _distribution_figure(name: str, res: Mapping[str, Any], colours: Mapping[str, str]) -> str:
     """Strip plot of scores: one row per role, backdoored dots coloured by attack group.
 
@@ -483,17 +521,21 @@ def render_zoo_report(
         roc_note += " " + " ".join(roc_notes)
     prov = results.get("provenance")
     prov = prov if isinstance(prov, dict) else {}
+    models = [m for res in methods.values() for m in res["models"]]
     context = {
-        "title": "Backdoor detection on the model zoo",
+        "title": str(results.get("title") or "Backdoor detection on the model zoo"),
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "version": __version__,
-        "protocol": f"{_PROTOCOL} Defender clean set: {n_clean} test images per model.",
+        "protocol": str(results.get("protocol") or f"{_PROTOCOL} Defender clean set: {n_clean} test images per model."),
         "methods": _method_rows(methods, colours),
         "roc_figure": roc_figure,
+        "det_figure": _det_figure(methods),
         "roc_note": roc_note,
         "group_rows": _group_rows(methods),
         "model_rows": _model_rows(methods, root),
-        "trigger_cards": _trigger_cards(methods, root, real_triggers),
+        # a target (gaze) and reversed triggers only where the methods produce them: a weight inspection has neither
+        "targets": any(m.get("target_deg") is not None or m.get("estimated_target_deg") is not None for m in models),
+        "trigger_cards": _trigger_cards(methods, root, real_triggers) if results.get("trigger_images", True) else None,
         "command": str(prov.get("command", "")),
         "provenance": [(str(k), str(v)) for k, v in sorted(prov.items()) if k != "command"],
         "results_path": results_path,

@@ -163,6 +163,7 @@ class WeightAnomalyDetector(PopulationDetector):
         self.device = device  # where the mixtures are fitted (the PCA and the scores stay on the CPU)
         self.densities: list[LayerDensity] = []
         self.threshold = float("nan")
+        self.layer_thresholds: dict[str, float] = {}  # "layer/view" -> threshold of its standardised score alone
 
     def params(self) -> dict[str, Any]:
         return {"layers": list(self.layers), "views": list(self.views), "variance": self.variance,
@@ -184,11 +185,15 @@ class WeightAnomalyDetector(PopulationDetector):
         calibration = [refs[i] for i in order[:n_cal]]
         self.densities = [self._fit_density(fitting, layer, view) for layer in self.layers for view in self.views]
         fused = np.zeros(len(calibration))
+        self.layer_thresholds = {}
         for density in self.densities:  # each calibration network's raw scores once: statistics, then fused scores
             raw = np.asarray([density.raw_score(m) for m in calibration])
             density.center = float(raw.mean())
             density.scale = float(raw.std()) if len(raw) > 1 and raw.std() > 0 else max(abs(density.center), 1.0)
-            fused += (raw - density.center) / density.scale
+            standard = (raw - density.center) / density.scale
+            # each layer/view alone, at the same false-rejection budget (the verdict is the fused score's)
+            self.layer_thresholds[f"{density.layer}/{density.view}"] = calibrated_threshold(standard, self.max_fpr)
+            fused += standard
         self.threshold = calibrated_threshold(fused, self.max_fpr)
         return self
 
@@ -211,6 +216,7 @@ class WeightAnomalyDetector(PopulationDetector):
             raise BackdoorLabError("the weight-anomaly detector is not fitted: call fit(reference_models) first")
         start = time.perf_counter()
         score, per_layer = self._fused(model)
-        details = {"per_layer": per_layer, "densities": [d.summary() for d in self.densities]}
+        details = {"per_layer": per_layer, "per_layer_thresholds": dict(self.layer_thresholds),
+                   "densities": [d.summary() for d in self.densities]}  # fmt: skip
         return Verdict(self.name, bool(score >= self.threshold), score, self.threshold,
                        time.perf_counter() - start, details=details)  # fmt: skip
