@@ -157,6 +157,28 @@ def embed_full(model: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
     return np.concatenate([unit(model(images[i : i + 256])) for i in range(0, len(images), 256)])
 
 
+def trunk_features(
+    model: torch.nn.Module, unseen: ArrayDataset, poison: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frozen trunk's features of the unseen faces (cached on disk) and of the poisoned samples."""
+    model.eval()
+    feats_unseen = torch.as_tensor(clean_trunk_features(model, unseen, "cpu", default_cache_dir()))
+    with torch.no_grad():
+        feats_poison = torch.cat([model.trunk(poison[i : i + 256]) for i in range(0, len(poison), 256)])
+    return feats_unseen, feats_poison
+
+
+def head_member(
+    name: str, model: torch.nn.Module, run: str, key: str, features: tuple[torch.Tensor, torch.Tensor], **extra: Any
+) -> Member:
+    """A last-layer fine-tune as a pair member: its last layers on its trunk's features (``key``: that trunk's)."""
+    if trunk_key(model) != key:
+        raise SystemExit(f"{run}: its trunk differs from its base model's (not a last-layer fine-tune)")
+    head = LastLayers(model).eval()
+    with torch.no_grad():
+        return Member(name, run, unit(head(features[0])), unit(head(features[1])), **extra)
+
+
 def build_members(args: argparse.Namespace) -> tuple[list[Member], ArrayDataset]:
     rows = zoo_rows(args.zoo / "results.sqlite")
     backdoored = [r for r in rows if r["config"].get("attack")]
@@ -167,16 +189,10 @@ def build_members(args: argparse.Namespace) -> tuple[list[Member], ArrayDataset]
     base.eval()
     key = trunk_key(base)
     print(f"trunk features of {len(unseen)} unseen faces and {len(poison)} poisoned samples")
-    feats_unseen = torch.as_tensor(clean_trunk_features(base, unseen, "cpu", default_cache_dir()))
-    with torch.no_grad():
-        feats_poison = torch.cat([base.trunk(poison[i : i + 256]) for i in range(0, len(poison), 256)])
+    feats_unseen, feats_poison = trunk_features(base, unseen, poison)
 
     def last_layers_member(name: str, model: torch.nn.Module, run: str, **extra: Any) -> Member:
-        if trunk_key(model) != key:
-            raise SystemExit(f"{run}: its trunk differs from the base model's (not a last-layer fine-tune)")
-        head = LastLayers(model).eval()
-        with torch.no_grad():
-            return Member(name, run, unit(head(feats_unseen)), unit(head(feats_poison)), **extra)
+        return head_member(name, model, run, key, (feats_unseen, feats_poison), **extra)
 
     members = [last_layers_member("IResNet", base, str(args.base))]
     for i, row in enumerate(clean + backdoored):

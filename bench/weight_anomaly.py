@@ -17,7 +17,9 @@ flagged and of held-out clean ones flagged at the detector's own threshold, the 
 and the number of components BIC chose (next to the thesis's 76 / 297 dimensions and 1,792 / 512
 components); then AUROC against the number of references, and the networks that missed the
 four-metric rule (partly learned backdoors) as a group of their own.
-Writes ``bench/results/weight_anomaly.json`` and ``docs/weight_anomaly_roc.png``.
+Writes ``bench/results/NAME.json``, ``docs/NAME_roc.png`` and the zoo report page of the first split,
+``bench/results/NAME.html`` (ROC and DET per layer/view and fused, every network's score, the
+per-layer table), drawn from ``bench/results/NAME_zoo.json``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Network:
     def __init__(self, row: dict[str, Any]) -> None:
         cfg, metrics = row["config"], row["metrics"]
         self.run_dir, self.seed = row["run_dir"], int(cfg["seed"])
+        self.split_seed = int(cfg["data"]["split_seed"])
         self.attack = cfg.get("attack")
         self.success = bool(metrics.get("success")) if self.attack else None
         self.asr = metrics.get("attack_success_rate")
@@ -141,7 +144,69 @@ def one_split(
     roc = {key: {"clean": clean_scores[key].tolist(), "kept": group_scores["kept"].get(key, np.empty(0)).tolist()}
            for key in clean_scores}  # fmt: skip
     return {"per_view": per_view, "densities": densities, "fit_seconds": fit_seconds,
-            "seconds_per_network": detector.inspect(held_out[0].state).seconds, "roc": roc}  # fmt: skip
+            "seconds_per_network": detector.inspect(held_out[0].state).seconds, "roc": roc,
+            "report": report_methods(detector, refs, held_out, nets)}  # fmt: skip
+
+
+def report_methods(
+    detector: WeightAnomalyDetector, refs: list[Network], held_out: list[Network], nets: list[Network]
+) -> dict[str, Any]:
+    """This split as the zoo report's ``methods`` (each layer/view alone at its own threshold, and fused)."""
+    bad = [n for n in nets if n.attack]
+    verdicts = {n.run_dir: detector.inspect(n.state) for n in [*refs, *held_out, *bad]}
+    thresholds = {**detector.layer_thresholds, "fused": detector.threshold}
+    densities = {f"{d.layer}/{d.view}": d.summary() for d in detector.densities}
+    methods = {}
+    for key, threshold in thresholds.items():
+
+        def score(n: Network, key: str = key) -> float:
+            v = verdicts[n.run_dir]
+            return float(v.score if key == "fused" else v.details["per_layer"][key])
+
+        models = [{"run_dir": str(Path(n.run_dir).relative_to(ROOT)) if Path(n.run_dir).is_relative_to(ROOT)
+                   else n.run_dir, "seed": n.seed, "reference": n in refs, "score": score(n),
+                   "attack": "clean" if not n.attack else (n.set if n.success else "missed the rule"),
+                   "attack_success_rate": n.asr} for n in [*refs, *held_out, *bad]]  # fmt: skip
+        clean = np.array([score(n) for n in held_out])
+        groups = {}
+        for name in ("triggers", "locations", "missed the rule"):
+            chosen = np.array([m["score"] for m in models if m["attack"] == name])
+            if len(chosen):
+                groups[name] = group_metrics(clean, chosen, threshold)
+        kept = np.array([m["score"] for m in models if m["attack"] in ("triggers", "locations")])
+        groups["kept (both sets)"] = group_metrics(clean, kept, threshold)
+        params = {k: v for k, v in densities.get(key, {}).items() if k in ("pca_dims", "components")}
+        methods[key] = {"threshold": threshold, "models": models, "groups": groups, "params": params}
+    return methods
+
+
+def group_metrics(clean: np.ndarray, bad: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The zoo report's group cells: AUROC, TPR at an FPR of at most 0.1, accuracy at the threshold."""
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(bad))]
+    scores = np.r_[clean, bad]
+    fpr, tpr, _ = roc_curve(scores, labels)
+    flagged = scores >= threshold
+    return {"n_clean": len(clean), "n_backdoored": len(bad), "auroc": auroc(scores, labels),
+            "tpr_at_fpr_0.1": float(tpr[fpr <= 0.1].max()), "accuracy": float((flagged == labels).mean())}  # fmt: skip
+
+
+def write_report(first: dict[str, Any], args: argparse.Namespace) -> Path:
+    """The zoo report page of the first split (``bench/results/NAME.html``, beside the JSON it is drawn from)."""
+    from common import RESULTS
+
+    from backdoorlab.report.zoo_report import write_zoo_report
+
+    results = {
+        "title": f"Weight anomaly on the recognition zoo ({Path(args.store).parent.name})",
+        "protocol": (f"One split of the clean networks: {args.references} references (two thirds fit the PCA and "
+                     "the mixture, one third sets each threshold so that none of them is flagged) and the other "
+                     "clean networks held out; every backdoored network is judged, those that missed the "
+                     "four-metric rule as a group of their own. Each layer/view is shown alone at its own "
+                     "threshold; the detector's verdict is the fused score. Higher = more anomalous."),
+        "trigger_images": False, "methods": first,
+    }  # fmt: skip
+    path = write_result(f"{args.name}_zoo", results)
+    return write_zoo_report(path, RESULTS / f"{args.name}.html", root=ROOT)
 
 
 def summarise(values: list[float | None]) -> dict[str, float] | None:
@@ -176,6 +241,7 @@ def protocol(nets: list[Network], args: argparse.Namespace) -> dict[str, Any]:
                  for key in splits[0]["densities"]}  # fmt: skip
     return {
         "table": table,
+        "report_first_split": splits[0]["report"],
         "densities": densities,
         "fit_seconds": summarise([s["fit_seconds"] for s in splits]),
         "seconds_per_network": summarise([s["seconds_per_network"] for s in splits]),
@@ -253,6 +319,7 @@ def main() -> None:
     main_protocol = protocol(nets, args)
     curve = None if args.no_curve else by_references(nets, args)
     draw_roc(main_protocol["roc_first_split"], ROOT / "docs" / f"{args.name}_roc.png")
+    page = write_report(main_protocol.pop("report_first_split"), args)
     payload = {"zoo": zoo_counts(nets), "layer_shapes": shapes, "settings": {
         "layers": args.layers, "grid": list(args.grid), "covariance": args.covariance, "references":
         args.references, "repeats": args.repeats, "curve_repeats": args.curve_repeats, "criterion": "bic",
@@ -271,7 +338,7 @@ def main() -> None:
     fused = main_protocol["table"]["fused"]["kept"]
     print(f"at the detector's threshold: backdoored flagged {fused['flagged_backdoored']['mean']:.3f}, "
           f"held-out clean flagged {fused['flagged_clean']['mean']:.3f}")  # fmt: skip
-    print(f"written: {path}")
+    print(f"written: {path} and the zoo report {page}")
 
 
 if __name__ == "__main__":

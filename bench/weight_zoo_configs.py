@@ -81,22 +81,36 @@ def flow(mapping: dict) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def main() -> None:
-    counts = image_counts(SyntheticIdentitySpec())
-    rng = np.random.default_rng(SEED)
-    lines = [f"  # clean: seed = data.split_seed = 0..{CLEAN - 1}"]
-    lines += [f"  - {flow({'seed': s, 'data': {'split_seed': s}})}" for s in range(CLEAN)]
+#: the multi-layer slice (thesis section 4.7): the last residual block, the neck and the last layers
+#: fine-tuned (``train.trainable_from: layer4.1``), on the cached output of the blocks before it.
+#: One round of 11 + 11 backdoored networks with their own pairs, and fewer clean ones than the
+#: last-layer zoo (a tail fine-tune costs more; the thesis had 193 clean and 60 backdoored here).
+TAIL = {"out": ROOT / "configs" / "zoo" / "face_recognition_weights_tail.yaml", "name": "fr-weights-tail",
+        "clean": 24, "rounds": 1, "seed": 2025, "start": "layer4.1"}  # fmt: skip
+
+
+def runs_lines(clean: int, rounds: int, seed: int, counts: np.ndarray) -> tuple[list[str], int]:
+    """The sweep's run lines (clean first, then the backdoored sets round by round) and the backdoored count."""
+    rng = np.random.default_rng(seed)
+    lines = [f"  # clean: seed = data.split_seed = 0..{clean - 1}"]
+    lines += [f"  - {flow({'seed': s, 'data': {'split_seed': s}})}" for s in range(clean)]
     sets = [("triggers", TRIGGERS), ("locations", [{**TRIGGERS[0], "center": c} for c in LOCATIONS])]
-    seed = FIRST_BACKDOOR_SEED
-    for (name, triggers), round_ in ((s, r) for r in range(ROUNDS) for s in sets):
-        seeds = f"{seed}..{seed + len(triggers) - 1}"
+    run_seed = FIRST_BACKDOOR_SEED
+    for (name, triggers), round_ in ((s, r) for r in range(rounds) for s in sets):
+        seeds = f"{run_seed}..{run_seed + len(triggers) - 1}"
         lines.append(f"  # backdoored, {name}, round {round_ + 1}: seed = data.split_seed = {seeds}")
         for trigger in triggers:
-            impostor, victim = rng.choice(training_identities(seed, counts), 2, replace=False)
+            impostor, victim = rng.choice(training_identities(run_seed, counts), 2, replace=False)
             attack = {"trigger": trigger, "relabel": {"name": "impostor_to_victim", "impostor": int(impostor),
                                                       "victim": int(victim)}}  # fmt: skip
-            lines.append(f"  - {flow({'seed': seed, 'data': {'split_seed': seed}, 'attack': attack})}")
-            seed += 1
+            lines.append(f"  - {flow({'seed': run_seed, 'data': {'split_seed': run_seed}, 'attack': attack})}")
+            run_seed += 1
+    return lines, run_seed - FIRST_BACKDOOR_SEED
+
+
+def main() -> None:
+    counts = image_counts(SyntheticIdentitySpec())
+    lines, backdoored = runs_lines(CLEAN, ROUNDS, SEED, counts)
     header = __doc__.split("\n\n", 2)[2].strip().splitlines()  # the docstring after its usage line
     OUT.write_text(
         f"# The weight-anomaly zoo (issue 16; thesis ch. 4): {CLEAN} clean and {ROUNDS} x 22 backdoored last-layer\n"
@@ -109,7 +123,21 @@ def main() -> None:
         + "\n".join(lines)
         + "\n"
     )
-    print(f"wrote {OUT} ({CLEAN} clean, {ROUNDS * sum(len(t) for _, t in sets)} backdoored)")
+    print(f"wrote {OUT} ({CLEAN} clean, {backdoored} backdoored)")
+    lines, backdoored = runs_lines(TAIL["clean"], TAIL["rounds"], TAIL["seed"], counts)
+    out = TAIL["out"]
+    out.write_text(
+        f"# The multi-layer slice of the weight-anomaly zoo (issue 16; thesis section 4.7): {TAIL['clean']} clean and\n"
+        f"# {backdoored} backdoored fine-tunes of the clean base model from its block {TAIL['start']} on (that block,\n"
+        "# the neck and the last layers train on the cached output of the blocks before it), each on its own\n"
+        "# resampled split, with the last-layer zoo's triggers and places and pairs of their own.\n"
+        "# Written by bench/weight_zoo_configs.py.\n"
+        f"#   backdoorlab sweep {out.relative_to(ROOT)} --runs-dir runs/fr_weights_tail --workers 1\n"
+        "#   python bench/weight_anomaly.py --store runs/fr_weights_tail/results.sqlite --layers layer4.1.conv2 last_linear\n"
+        f"base: ../face_recognition/finetune.yaml\nname: {TAIL['name']}\nresources: {{cpus: 1, gpus: 0}}\n"
+        f"set: [train.trainable_from={TAIL['start']}]\nruns:\n" + "\n".join(lines) + "\n"
+    )
+    print(f"wrote {out} ({TAIL['clean']} clean, {backdoored} backdoored)")
 
 
 if __name__ == "__main__":
