@@ -483,8 +483,10 @@ app.add_typer(pair_app, name="pair")
 @pair_app.command("fit")
 @friendly_errors
 def pair_fit(
-    probe: Annotated[Path, typer.Argument(help="the run to guard (its embeddings are translated)")],
-    reference: Annotated[Path, typer.Argument(help="the second run, trained apart (its space is the common one)")],
+    probe: Annotated[Path, typer.Argument(help="the model to guard (its embeddings are translated): a run folder, "
+                                         "'dlib' (dlib's pretrained ResNet) or an .onnx file")],
+    reference: Annotated[Path, typer.Argument(help="the second model, trained apart (its space is the common one): "
+                                             "a run folder, 'dlib' or an .onnx file")],
     faces: Annotated[
         Path, typer.Option(help="unlabeled faces of people neither model trained on: an array dataset folder or a "
                            "folder of .png/.jpg (e.g. FFHQ)")
@@ -497,12 +499,14 @@ def pair_fit(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     unsafe_load: Annotated[bool, typer.Option(help="read non-safetensors weights (trusted files only)")] = False,
+    onnx_normalize: Annotated[str, typer.Option(help="an ONNX model's input: insightface ((x - 0.5) / 0.5 of "
+                                                "[0, 1] RGB) or none ([0, 1])")] = "insightface",
 ) -> None:
-    """Fit the translator between two runs and set the threshold on clean faces; writes a pairing folder."""
+    """Fit the translator between two models and set the threshold on clean faces; writes a pairing folder."""
     from backdoorlab.experiments.pairing import fit_pairing
 
     record = fit_pairing(probe, reference, faces, out, translator, fnmr, calibration_share, steps, seed, device,
-                         unsafe_load)  # fmt: skip
+                         unsafe_load, onnx_normalize)  # fmt: skip
     console.print(
         f"{record['translator']} translator {record['dims']['probe']}-d -> {record['dims']['reference']}-d on "
         f"{record['fit_faces']} faces; threshold {record['threshold']:.4f} (1 - cos) at clean FNMR {fnmr:g} on "

@@ -1,12 +1,14 @@
-"""Model pairing between two trained runs: fit once, then score images (``backdoorlab pair fit | score``).
+"""Model pairing between two face models: fit once, then score images (``backdoorlab pair fit | score``).
 
+Each model is a run trained here, ``dlib`` (dlib's pretrained 128-d ResNet) or an ``.onnx``
+file (any vendor's recogniser as a black box): see :mod:`backdoorlab.models.embedders`.
 A *pairing* is a folder that holds what the run-time monitor needs besides the two models:
 the translator from the probe's embedding space into the reference's
 (``translator.safetensors``: ``weight`` (d_ref, d_probe), ``bias`` (d_ref,)) and
-``pairing.json`` (the two runs, the SHA-256 of their weights, the translator kind, the
-threshold on ``1 - cos`` and the clean FNMR it was set at, and how many faces fitted and
-calibrated it). Scoring checks that both runs still hold the weights the pairing was fitted
-on: a translator fitted for other weights would flag at random.
+``pairing.json`` (the two models, the SHA-256 of their weights files, the translator kind,
+the threshold on ``1 - cos`` and the clean FNMR it was set at, and how many faces fitted and
+calibrated it). Scoring checks that both models still hold the weights the pairing was
+fitted on: a translator fitted for other weights would flag at random.
 
 Faces are read from an array dataset folder (``images.npy`` + ``meta.json``, what
 ``backdoorlab data`` writes) or from any folder of face images (``.png`` / ``.jpg``, flat
@@ -22,20 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from safetensors.numpy import load_file, save_file
 
-from backdoorlab.data.arrays import ArrayDataset, file_sha256
+from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.data.face_recognition_sets import load_ffhq
 from backdoorlab.defenses.model_pairing import EmbeddingPairs, EmbeddingTranslator, ModelPairingMonitor
 from backdoorlab.errors import BackdoorLabError, ConfigError, DatasetError
-from backdoorlab.models.checkpoint import WEIGHTS_FILE, load_checkpoint, read_card
+from backdoorlab.models.embedders import Embedder, open_embedder
 from backdoorlab.training import pick_device
 
 RECORD = "pairing.json"
 TRANSLATOR = "translator.safetensors"
-EMBED_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -55,46 +54,14 @@ def read_faces(path: Path, size: int) -> ArrayDataset:
     return load_ffhq(path, size=size)
 
 
-def _weights_digest(run_dir: Path) -> str:
-    return file_sha256(run_dir / WEIGHTS_FILE)
-
-
-def _input_size(run_dir: Path) -> int:
-    shape = read_card(run_dir).get("input_shape")
-    if not shape or len(shape) != 3:
-        raise ConfigError(f"{run_dir}/model.json has no input_shape (C, H, W): not a trained run")
-    return int(shape[-1])
-
-
-class _Embedder:
-    """One run's model: unit embeddings of images, resized to its input when they differ."""
-
-    def __init__(self, run_dir: Path, device: torch.device, unsafe_load: bool) -> None:
-        self.run_dir, self.device = run_dir, device
-        self.size = _input_size(run_dir)
-        self.model = load_checkpoint(run_dir, unsafe=unsafe_load)[0].to(device).eval()
-
-    @torch.no_grad()
-    def __call__(self, faces: ArrayDataset) -> np.ndarray:
-        out = []
-        for images, _ in faces.iter_batches(EMBED_BATCH):
-            if images.shape[-1] != self.size or images.shape[-2] != self.size:
-                images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
-            out.append(F.normalize(self.model(images.to(self.device)).float(), dim=1).cpu().numpy())
-        return np.concatenate(out)
-
-    def dim(self, faces: ArrayDataset) -> int:
-        return self(faces.subset([0])).shape[1]
-
-
 def _names(faces: ArrayDataset) -> list[str]:
     files = faces.meta.get("image_files") if isinstance(faces.meta, dict) else None
     return [str(f) for f in files] if files and len(files) == len(faces) else [str(i) for i in range(len(faces))]
 
 
 def fit_pairing(
-    probe: Path,
-    reference: Path,
+    probe: str | Path,
+    reference: str | Path,
     faces_dir: Path,
     out: Path,
     translator: str = "affine",
@@ -104,8 +71,12 @@ def fit_pairing(
     seed: int = 0,
     device: str = "auto",
     unsafe_load: bool = False,
+    onnx_normalize: str = "insightface",
 ) -> dict[str, Any]:
     """Fit the translator on unlabeled faces, set the threshold at ``fnmr`` on held-back ones, write the pairing.
+
+    ``probe`` and ``reference`` are run folders, ``"dlib"`` or ``.onnx`` files
+    (``onnx_normalize`` says how an ONNX model wants its input).
 
     The faces must be of people neither model trained on (the thesis used FFHQ). The last
     ``calibration_share`` of them (in folder order) are held back to set the threshold on
@@ -119,7 +90,7 @@ def fit_pairing(
     if translator not in ("affine", "procrustes"):
         raise ConfigError(f"--translator must be affine or procrustes, got {translator!r}")
     dev = pick_device(device)
-    probe_model, reference_model = _Embedder(probe, dev, unsafe_load), _Embedder(reference, dev, unsafe_load)
+    probe_model, reference_model = (_open(m, dev, unsafe_load, onnx_normalize) for m in (probe, reference))
     faces = read_faces(faces_dir, probe_model.size)
     n_cal = round(calibration_share * len(faces))
     if n_cal < 1 or len(faces) - n_cal < 2:
@@ -140,8 +111,8 @@ def fit_pairing(
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in monitor.translator.state().items()}, str(out / TRANSLATOR))
     record = {
-        "probe": str(probe), "reference": str(reference),
-        "probe_weights_sha256": _weights_digest(probe), "reference_weights_sha256": _weights_digest(reference),
+        "probe": probe_model.source, "reference": reference_model.source, "onnx_normalize": onnx_normalize,
+        "probe_weights_sha256": probe_model.digest(), "reference_weights_sha256": reference_model.digest(),
         "translator": translator, "dims": {"probe": d_probe, "reference": d_ref},
         "threshold": threshold, "fnmr": fnmr, "score": "1 - cos(W e_probe + c, e_ref); flagged when >= threshold",
         "faces": str(faces_dir), "fit_faces": len(fit_rows), "calibration_faces": len(cal_rows),
@@ -176,16 +147,22 @@ def score_pairing(
 ) -> PairingScores:
     """Score every image of a folder with a fitted pairing (both runs must hold the weights it was fitted on)."""
     record, monitor = load_pairing(pairing_dir)
-    for role in ("probe", "reference"):
-        run = Path(record[role])
-        if not (run / WEIGHTS_FILE).is_file():
-            raise ConfigError(f"the pairing's {role} run {run} has no {WEIGHTS_FILE}")
-        if _weights_digest(run) != record.get(f"{role}_weights_sha256"):
-            raise BackdoorLabError(
-                f"the {role} run {run} no longer holds the weights the pairing was fitted on: fit it again"
-            )
     dev = pick_device(device)
-    probe, reference = (_Embedder(Path(record[r]), dev, unsafe_load) for r in ("probe", "reference"))
+    models = []
+    for role in ("probe", "reference"):
+        model = _open(record[role], dev, unsafe_load, record.get("onnx_normalize", "insightface"))
+        if model.digest() != record.get(f"{role}_weights_sha256"):
+            raise BackdoorLabError(
+                f"the {role} model {record[role]} no longer holds the weights the pairing was fitted on: fit it again"
+            )
+        models.append(model)
+    probe, reference = models
     faces = read_faces(images_dir, probe.size)
     scores = monitor.score(EmbeddingPairs(probe(faces), reference(faces)))
     return PairingScores(scores, scores >= monitor.threshold, float(record["threshold"]), _names(faces))
+
+
+def _open(source: str | Path, device: Any, unsafe_load: bool, onnx_normalize: str) -> Embedder:
+    """An embedder, with an ONNX model's input convention (the other sources ignore it)."""
+    options = {"normalize": onnx_normalize} if str(source).lower().endswith(".onnx") else {}
+    return open_embedder(source, device, unsafe_load, **options)

@@ -116,11 +116,11 @@ def dlib_box_to_face(boxes: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ the optional extra
-def _import_dlib() -> Any:
+def import_dlib() -> Any:
     try:
         import dlib
     except ImportError as exc:
-        raise MissingExtraError(f"the dlib landmarker needs dlib: {INSTALL_HINT} ({exc})") from None
+        raise MissingExtraError(f"dlib's pretrained models need dlib: {INSTALL_HINT} ({exc})") from None
     return dlib
 
 
@@ -132,7 +132,7 @@ def model_dir() -> Path:
     """
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or spec.origin is None:
-        raise MissingExtraError(f"the dlib landmarker needs the package face-recognition-models: {INSTALL_HINT}")
+        raise MissingExtraError(f"dlib's pretrained models need the package face-recognition-models: {INSTALL_HINT}")
     return Path(spec.origin).parent / "models"
 
 
@@ -145,7 +145,7 @@ def model_file(name: str) -> Path:
 
 @lru_cache(maxsize=4)
 def _load(kind: str, path: str) -> Any:
-    dlib = _import_dlib()
+    dlib = import_dlib()
     if kind == "shape":
         return dlib.shape_predictor(path)
     if kind == "cnn":
@@ -200,7 +200,7 @@ class DlibLandmarker:
         self.upsample = int(upsample)
         self.threshold = float(threshold)
         self.provides = PROVIDES[predictor].copy()
-        _import_dlib()  # fail here, with the install hint, rather than on first use
+        import_dlib()  # fail here, with the install hint, rather than on first use
         self._shape = _load("shape", str(model_file(PREDICTOR_FILES[predictor])))
         self._det: Any = None
 
@@ -235,7 +235,7 @@ class DlibLandmarker:
         ims = _as_images(images)
         if len(boxes) != len(ims):
             raise ValueError(f"{len(ims)} images but {len(boxes)} box arrays")
-        dlib = _import_dlib()
+        dlib = import_dlib()
         n = int(self.predictor)
         out = []
         for im, b in zip(ims, boxes, strict=True):
