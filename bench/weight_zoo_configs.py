@@ -133,7 +133,8 @@ def main() -> None:
         "# resampled split, with the last-layer zoo's triggers and places and pairs of their own.\n"
         "# Written by bench/weight_zoo_configs.py.\n"
         f"#   backdoorlab sweep {out.relative_to(ROOT)} --runs-dir runs/fr_weights_tail --workers 1\n"
-        "#   python bench/weight_anomaly.py --store runs/fr_weights_tail/results.sqlite --layers layer4.1.conv2 last_linear\n"
+        "#   python bench/weight_anomaly.py --store runs/fr_weights_tail/results.sqlite \\\n"
+        "#       --layers layer4.1.conv2 last_linear --name weight_anomaly_tail\n"
         f"base: ../face_recognition/finetune.yaml\nname: {TAIL['name']}\nresources: {{cpus: 1, gpus: 0}}\n"
         f"set: [train.trainable_from={TAIL['start']}]\nruns:\n" + "\n".join(lines) + "\n"
     )

@@ -63,12 +63,17 @@ class Embedder(ABC):
         return file_sha256(self.weights_file())
 
     def __call__(self, faces: ArrayDataset) -> np.ndarray:
-        """(N, D) unit embeddings of every face, resized to the model's input where they differ."""
+        """(N, D) unit embeddings of every face of a dataset."""
+        return np.concatenate([self.embed_images(images) for images, _ in faces.iter_batches(EMBED_BATCH)])
+
+    def embed_images(self, images: torch.Tensor) -> np.ndarray:
+        """(B, D) unit embeddings of (B, 3, H, W) images in [0, 1], resized to the model's input where they differ."""
         out = []
-        for images, _ in faces.iter_batches(EMBED_BATCH):
-            if images.shape[-1] != self.size or images.shape[-2] != self.size:
-                images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
-            emb = torch.as_tensor(np.asarray(self.embed_batch(images), np.float32))
+        for start in range(0, len(images), EMBED_BATCH):
+            batch = images[start : start + EMBED_BATCH]
+            if batch.shape[-1] != self.size or batch.shape[-2] != self.size:
+                batch = F.interpolate(batch, size=(self.size, self.size), mode="bilinear", antialias=True)
+            emb = torch.as_tensor(np.asarray(self.embed_batch(batch), np.float32))
             out.append(F.normalize(emb, dim=1).numpy())
         return np.concatenate(out)
 
