@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -130,7 +130,26 @@ class TrainConfig(_Strict):
         return self
 
 
-class AdaptiveConfig(_Strict):
+class _PenaltyConfig(_Strict):
+    """An adaptive attacker's penalty, added to the training loss at a price ``weight`` (> 0)."""
+
+    _key: ClassVar[str]  # the section under ``attack``
+    _without: ClassVar[str]  # what leaving the section out gives
+
+    weight: float
+
+    @field_validator("weight")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"attack.{cls._key}.weight must be a finite number > 0, got {value} "
+                f"(leave out attack.{cls._key} for {cls._without})"
+            )
+        return value
+
+
+class AdaptiveConfig(_PenaltyConfig):
     """An adaptive attacker who hides the backdoor's feature-space signature while training.
 
     Adds ``weight * sum_j relu(1 - Var_triggered(theta_j) / Var_clean(theta_j))`` to the
@@ -139,20 +158,11 @@ class AdaptiveConfig(_Strict):
     little), so useful weights are around 1e-3 to 1e-2.
     """
 
+    _key, _without = "adaptive", "a non-adaptive attack"
     weight: float = Field(description="multiplier of the feature-signature penalty (> 0)")
 
-    @field_validator("weight")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"attack.adaptive.weight must be a finite number > 0, got {value} "
-                "(leave out attack.adaptive for a non-adaptive attack)"
-            )
-        return value
 
-
-class WeightDistanceConfig(_Strict):
+class WeightDistanceConfig(_PenaltyConfig):
     """An adaptive attacker who hides the backdoor from weight inspection (the thesis's weight anomaly).
 
     Adds ``weight * sum ||theta - theta(0)||^2`` over the trained parameters to the loss, with
@@ -161,17 +171,8 @@ class WeightDistanceConfig(_Strict):
     :mod:`backdoorlab.attacks.weight_distance`).
     """
 
+    _key, _without = "weight_distance", "an attack that may move the weights freely"
     weight: float = Field(description="price of one unit of squared L2 distance from the starting weights (> 0)")
-
-    @field_validator("weight")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"attack.weight_distance.weight must be a finite number > 0, got {value} "
-                "(leave out attack.weight_distance for an attack that may move the weights freely)"
-            )
-        return value
 
 
 class AttackConfig(_Strict):
