@@ -313,9 +313,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--name", default="weight_anomaly", help="result name (bench/results/NAME.json)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only the zoo report page of the first split (bench/results/NAME.html)")  # fmt: skip
     args = parser.parse_args()
     nets = load_zoo(args.store)
-    shapes = {k: tuple(v.shape) for k, v in nets[0].state.items() if k.split(".")[0] in args.layers}
+    if args.report_only:  # the first split of the protocol, drawn as the zoo report page; no JSON table
+        clean = [n for n in nets if not n.attack]
+        order = np.random.default_rng([args.seed, 0]).permutation(len(clean))
+        refs, held = [clean[i] for i in order[: args.references]], [clean[i] for i in order[args.references :]]
+        print(f"report page: {write_report(one_split(nets, refs, held, args, seed=0)['report'], args)}")
+        return
+    shapes = {k: tuple(v.shape) for k, v in nets[0].state.items() if k.removesuffix(".weight") in args.layers}
     main_protocol = protocol(nets, args)
     curve = None if args.no_curve else by_references(nets, args)
     draw_roc(main_protocol["roc_first_split"], ROOT / "docs" / f"{args.name}_roc.png")

@@ -86,7 +86,7 @@ def flow(mapping: dict) -> str:
 #: One round of 11 + 11 backdoored networks with their own pairs, and fewer clean ones than the
 #: last-layer zoo (a tail fine-tune costs more; the thesis had 193 clean and 60 backdoored here).
 TAIL = {"out": ROOT / "configs" / "zoo" / "face_recognition_weights_tail.yaml", "name": "fr-weights-tail",
-        "clean": 24, "rounds": 1, "seed": 2025, "start": "layer4.1"}  # fmt: skip
+        "clean": 20, "rounds": 1, "seed": 2025, "start": "layer4.1"}  # fmt: skip
 
 
 def runs_lines(clean: int, rounds: int, seed: int, counts: np.ndarray) -> tuple[list[str], int]:
@@ -134,7 +134,7 @@ def main() -> None:
         "# Written by bench/weight_zoo_configs.py.\n"
         f"#   backdoorlab sweep {out.relative_to(ROOT)} --runs-dir runs/fr_weights_tail --workers 1\n"
         "#   python bench/weight_anomaly.py --store runs/fr_weights_tail/results.sqlite \\\n"
-        "#       --layers layer4.1.conv2 last_linear --name weight_anomaly_tail\n"
+        "#       --layers layer4.1.conv2 last_linear --references 12 --variance 0.999 --name weight_anomaly_tail\n"
         f"base: ../face_recognition/finetune.yaml\nname: {TAIL['name']}\nresources: {{cpus: 1, gpus: 0}}\n"
         f"set: [train.trainable_from={TAIL['start']}]\nruns:\n" + "\n".join(lines) + "\n"
     )
