@@ -13,7 +13,7 @@ from table_common import load_result, target
 
 Row = tuple[str, str, str, str]
 #: weight-anomaly results: the thesis's setting (PCA 95 %), and PCA keeping 99.9 % of the variance
-WEIGHT_ANOMALY_RESULTS = ("weight_anomaly", "weight_anomaly_pca999")
+WEIGHT_ANOMALY_RESULTS = ("weight_anomaly", "weight_anomaly_pca999", "weight_anomaly_tail")
 
 
 def rows() -> list[Row]:
@@ -85,17 +85,19 @@ def defence_rows() -> list[Row]:
         curve_text = ("; fused AUROC by references: " + ", ".join(
             f"{n}: {c['mean']:.2f}" for n, c in sorted(curve["auroc"].items(), key=lambda kv: int(kv[0])) if c)
         ) if curve else ""  # fmt: skip
+        slice_ = "multi-layer slice (last block on), " if name.endswith("tail") else "last-layer zoo, "
         out.append((
-            f"Weight-anomaly detection, last_linear, PCA {100 * st['variance']:g} % + BIC-chosen diagonal GMM "
-            f"({zoo['clean']} clean and {kept} of {built} backdoored fine-tunes kept by the four-metric rule; "
-            f"{st['repeats']} splits of {st['references']} references vs the held-out clean)",
+            f"Weight-anomaly detection, {slice_}{', '.join(st['layers'])}, PCA {100 * st['variance']:g} % + "
+            f"BIC-chosen diagonal GMM ({zoo['clean']} clean and {kept} of {built} backdoored fine-tunes kept by the "
+            f"four-metric rule; {st['repeats']} splits of {st['references']} references vs the held-out clean)",
             f"AUROC fused {_mean(fused['kept']['auroc'], 2)} (by view: {views}); at its threshold it flags "
             f"{_mean(fused['kept']['flagged_backdoored'], 2)} of backdoored and "
             f"{_mean(fused['kept']['flagged_clean'], 2)} of held-out clean networks{curve_text}",
+            "thesis, multi-layer (section 4.7): \"mediocre\", no number" if name.endswith("tail") else
             "thesis: AUC 1.0 (PCA 95 %, 18 references, 12 held-out clean, 11 + 11 backdoored)",
             f"`{wa['provenance']['command']}` (tables: docs/bench.md)",
         ))  # fmt: skip
-    out += pairing_rows()
+    out += pairing_rows() + vendor_rows() + adaptive_rows()
     for name in ("gmm_em", "gmm_em_10k", "gmm_em_full", "gmm_em_full_seed1"):
         gmm = load_result(name)
         if gmm is None:
@@ -221,7 +223,7 @@ def _weight_anomaly_part(name: str) -> str:
              "| thesis (dims / components / AUC) |", "|---" * (len(groups) + 4) + "|"]  # fmt: skip
     for key, by_group in proto["table"].items():
         dens = proto["densities"].get(key)
-        ref = thesis.get(key.split("/")[-1])
+        ref = thesis.get(key.split("/")[-1]) if key.startswith("last_linear") and not name.endswith("tail") else None
         cells = [key, *(_mean(by_group[g]["auroc"]) for g in groups),
                  _mean(dens["pca_dims"], 0) if dens else "-",
                  "/".join(map(str, dens["components"])) if dens else "-",
@@ -274,3 +276,115 @@ def pairing_table(result: dict[str, Any] | None = None) -> str:
              f"fitted on {mp['unseen']['fit_faces']} faces of unseen people, thresholds on "
              f"{mp['unseen']['validation_faces']} more; {mp['poisoned_samples']} poisoned samples.")  # fmt: skip
     return "\n\n".join([intro, *parts])
+
+
+def _shares(row: dict[str, Any] | None, rates: list[float]) -> str:
+    if not row or row.get(str(rates[0])) is None:
+        return "-"
+    return " / ".join(f"{row[str(r)]:.1f}" for r in rates)
+
+
+def vendor_rows() -> list[Row]:
+    """dlib's pretrained ResNet paired with our models (``vendor_pairing.json``)."""
+    vp = load_result("vendor_pairing")
+    if vp is None:
+        return []
+    t, rates = vp["table"], vp["rates"]
+    return [(
+        f"Model pairing with another vendor's model: dlib's pretrained 128-d ResNet as reference, our IResNet as "
+        f"probe ({vp['kept_backdoored_networks']} backdoored probes; affine 512 -> 128; clean FNMR 0.1 / 1 / 5 %)",
+        f"clean pair: {_shares(t.get('dlib / IResNet'), rates)} % of poisoned samples flagged; backdoored pairs: "
+        f"{_shares(t.get('dlib / IResNet(B)'), rates)} % missed; dlib's verification AUROC on unseen synthetic "
+        f"people {vp['dlib_verification_auroc_unseen']:.3f} (ours {vp['iresnet_verification_auroc_unseen']:.3f})",
+        "thesis (its own InsightFace partner): flagged 0.00 / 2.01 / 26.85 %, missed 91.25 / 49.30 / 12.78 %",
+        f"`{vp['provenance']['command']}` (tables: docs/bench.md)",
+    )]  # fmt: skip
+
+
+def vendor_table() -> str:
+    vp = load_result("vendor_pairing")
+    if vp is None:
+        return ""
+    rates = vp["rates"]
+    percents = " / ".join(f"{100 * r:g} %" for r in rates)
+    head = f"| ref / probe | pairs | poisoned samples | genuine cos | {percents} |"
+    lines = [head, "|---" * 5 + "|"]
+    for name, row in vp["table"].items():
+        kind = "missed" if "(B)" in name else "flagged"
+        lines.append(f"| {name} ({kind}) | {row['pairs']} | {row['samples']} | {row['genuine_cos_mean']:.3f} | "
+                     f"{_shares(row, rates)} |")  # fmt: skip
+    sec = vp["seconds_per_face"]
+    return (f"`{vp['provenance']['command']}`: translators fitted on {vp['faces']['fit']} unseen faces, thresholds "
+            f"on {vp['faces']['validation']} of other people; dlib {1000 * sec['dlib']:.0f} ms per face, our IResNet "
+            f"{1000 * sec['iresnet_whole_model']:.1f} ms.\n\n" + "\n".join(lines))  # fmt: skip
+
+
+def adaptive_rows() -> list[Row]:
+    """The two defences against attackers who know them (``adaptive_attacks.json``)."""
+    ad = load_result("adaptive_attacks")
+    if ad is None:
+        return []
+    out: list[Row] = []
+    if "weights" in ad:
+        t = ad["weights"]["table"]
+        cells = "; ".join(f"{g}: AUROC {_mean(r.get('auroc'), 2)}, flagged {_mean(r.get('flagged_backdoored'), 2)}"
+                          for g, r in t.items() if r.get("auroc"))  # fmt: skip
+        out.append((
+            "Weight anomaly (PCA 99.9 %) against a weight-distance attacker who starts from a clean network",
+            cells, "issue: report how far the defence falls",
+            f"`{ad['provenance']['command']}` (tables: docs/bench.md)",
+        ))  # fmt: skip
+    if "pairing" in ad:
+        t = ad["pairing"]["table"]
+        rates = [0.001, 0.01, 0.05]
+        cells = "; ".join(f"{k}: {_shares(v, rates)} %" for k, v in t.items() if "met the rule" not in k)
+        out.append((
+            "Model pairing (affine, clean FNMR 0.1 / 1 / 5 %) against the same backdoor planted in both models "
+            "(IResNet(B) with a MobileFaceNet fine-tuned with its trigger and pair); share of poisoned samples missed",
+            cells, "issue: report how far the defence falls",
+            f"`{ad['provenance']['command']}` (tables: docs/bench.md)",
+        ))  # fmt: skip
+    return out
+
+
+def adaptive_table() -> str:
+    ad = load_result("adaptive_attacks")
+    if ad is None:
+        return ""
+    parts = []
+    if "weights" in ad:
+        w = ad["weights"]
+        lines = ["| networks | AUROC vs held-out clean | flagged at the threshold | mean fused score |",
+                 "|---" * 4 + "|"]  # fmt: skip
+        for g, r in w["table"].items():
+            flagged = r.get("flagged_backdoored") or r.get("flagged")
+            lines.append(f"| {g} | {_mean(r.get('auroc'))} | {_mean(flagged, 2)} | {_mean(r.get('mean_score'), 2)} |")
+        defender = w["defender_with_second_fine_tunes"]
+        answer = "; ".join(f"{g}: AUROC {_mean(r.get('auroc'))}" for g, r in defender.items() if r.get("auroc"))
+        tries = "; ".join(
+            f"penalty {k}: {v['met_rule']} of {v['networks']} met the rule, squared distance from the start "
+            f"{_mean(v['distance_from_start'], 0)}" if "met_rule" in v else
+            f"{k}: squared distance from the start {_mean(v['distance_from_start'], 0)}"
+            for k, v in w["attempts"].items())  # fmt: skip
+        pool = w["pool"]
+        parts.append(
+            f"Weight anomaly: {pool['references']} references vs {pool['held_out']} held-out clean per split (anchors "
+            f"{pool['anchors_left_out']} left out of the pool). Attempts: {tries}; the zoo's fine-tunes moved "
+            f"{_mean(w['zoo_distance_from_base'], 0)} from the base model.\n\n" + "\n".join(lines)
+            + f"\n\nThe defender's answer, second fine-tunes among the references: {answer}."
+        )
+    if "pairing" in ad:
+        pr = ad["pairing"]
+        rates = [0.001, 0.01, 0.05]
+        lines = ["| IResNet(B) paired with | pairs | poisoned samples | genuine cos | missed at 0.1 / 1 / 5 % |",
+                 "|---" * 5 + "|"]  # fmt: skip
+        for k, row in pr["table"].items():
+            gen = f"{row['genuine_cos_mean']:.3f}" if row.get("genuine_cos_mean") is not None else "-"
+            lines.append(f"| {k} | {row['pairs']} | {row['samples']} | {gen} | {_shares(row, rates)} |")
+        pb = pr["partner_backdoors"]
+        parts.append(
+            f"Model pairing: recipes {pr['recipes']}; the partner's own backdoors: {pb['met_rule']} of "
+            f"{pb['networks']} met the four-metric rule (ASR {_mean(pb['asr'], 2)}); both directions pooled.\n\n"
+            + "\n".join(lines)
+        )
+    return "\n\n".join(parts)

@@ -230,6 +230,8 @@ def markdown() -> str:
         (face_recognition_table.attack_tables(), "One-to-one backdoors on face recognition"),
         (face_recognition_table.weight_anomaly_table(), "Weight-anomaly detection on the recognition zoo"),
         (face_recognition_table.pairing_table(), "Model pairing on the recognition zoo (thesis Tables 5.2 and 5.3)"),
+        (face_recognition_table.vendor_table(), "Model pairing with dlib's pretrained recogniser"),
+        (face_recognition_table.adaptive_table(), "The recognition defences against adaptive attackers"),
     ):
         if extra:
             out += f"\n\n**{title}**\n\n{extra}"
