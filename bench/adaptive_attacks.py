@@ -24,6 +24,7 @@ Writes ``bench/results/adaptive_attacks.json`` and prints the two tables.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from adaptive_zoo_configs import ANCHORS  # noqa: E402
-from common import write_result  # noqa: E402
+from common import RESULTS, write_result  # noqa: E402
 from model_pairing import (  # noqa: E402
     RATES,
     Member,
@@ -91,11 +92,11 @@ def weight_groups(zoo: list[Network], adaptive: list[Network]) -> dict[str, list
 
 
 def judge(refs: list[Network], held: list[Network], groups: dict[str, list[Network]], args: argparse.Namespace,
-          seed: int) -> dict[str, Any]:  # fmt: skip
+          seed: int, two_sided: bool = False) -> dict[str, Any]:  # fmt: skip
     """Fit on ``refs``; AUROC and flagged share of each group against the held-out clean networks."""
     detector = WeightAnomalyDetector(
         layers=(LAYER,), views=("backward",), variance=args.variance, components=args.grid, calibration_share=1 / 3,
-        seed=seed,
+        seed=seed, two_sided=two_sided,
     )  # fmt: skip
     detector.fit([n.state for n in refs])
     clean = scores_of(detector, held)["fused"]
@@ -118,16 +119,18 @@ def weight_part(args: argparse.Namespace) -> dict[str, Any]:
     pool = [n for n in zoo if not n.attack and n.seed not in ANCHORS]
     controls = [n for n in adaptive if not n.attack]
     groups = weight_groups(zoo, adaptive)
-    splits, answer = [], []
+    results: dict[str, list[dict[str, Any]]] = {}
+    attackers = {k: v for k, v in groups.items() if k.startswith("from a clean")}
     for r in range(args.repeats):
         start = time.perf_counter()
         order = np.random.default_rng([args.seed, r]).permutation(len(pool))
         refs, held = [pool[i] for i in order[: args.references]], [pool[i] for i in order[args.references :]]
-        splits.append(judge(refs, held, groups, args, seed=r))
         # the defender's answer: second fine-tunes among the references (as many as there are controls)
         mixed = refs[: args.references - len(controls)] + controls
-        attackers = {k: v for k, v in groups.items() if k.startswith("from a clean")}
-        answer.append(judge(mixed, held, attackers, args, seed=r))
+        for two_sided in (False, True):
+            side = "two_sided" if two_sided else "one_sided"
+            results.setdefault(side, []).append(judge(refs, held, groups, args, r, two_sided))
+            results.setdefault(f"{side}_mixed", []).append(judge(mixed, held, attackers, args, r, two_sided))
         took = time.perf_counter() - start
         print(f"weights: split {r + 1}/{args.repeats}, {took:.0f} s, ETA {took * (args.repeats - r - 1):.0f} s",
               flush=True)  # fmt: skip
@@ -148,8 +151,10 @@ def weight_part(args: argparse.Namespace) -> dict[str, Any]:
     base = load_checkpoint(args.base)[0].state_dict()[f"{LAYER}.weight"]
     moved = [float(((n.state[f"{LAYER}.weight"] - base) ** 2).sum()) for n in zoo]
     return {
-        "table": table(splits),
-        "defender_with_second_fine_tunes": table(answer),
+        "table": table(results["one_sided"]),
+        "defender_with_second_fine_tunes": table(results["one_sided_mixed"]),
+        "two_sided": table(results["two_sided"]),
+        "two_sided_with_second_fine_tunes": table(results["two_sided_mixed"]),
         "attempts": attempts,
         "zoo_distance_from_base": summarise(moved),
         "pool": {"clean": len(pool), "references": args.references, "held_out": len(pool) - args.references,
@@ -239,9 +244,12 @@ def pairing_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_tables(payload: dict[str, Any]) -> None:
-    if "weights" in payload:
-        print("\nweight anomaly vs the weight-distance attacker (fused AUROC vs held-out clean; share flagged)")
-        for name, row in payload["weights"]["table"].items():
+    for key in ("table", "two_sided"):
+        if key not in payload.get("weights", {}):
+            continue
+        side = "two-sided" if key == "two_sided" else "one-sided (the thesis's rule)"
+        print(f"\nweight anomaly, {side}, vs the weight-distance attacker (AUROC vs held-out clean; share flagged)")
+        for name, row in payload["weights"][key].items():
             auroc, flagged = row.get("auroc"), row.get("flagged_backdoored") or row.get("flagged")
             text = f"{auroc['mean']:.3f} +- {auroc['sd']:.3f}" if auroc else "  -  "
             share = f"{100 * flagged['mean']:.0f} %" if isinstance(flagged, dict) else "-"
@@ -282,6 +290,10 @@ def main() -> None:
         payload["weights"] = weight_part(args)
     if args.part in ("pairing", "all"):
         payload["pairing"] = pairing_part(args)
+    earlier = RESULTS / f"{args.name}.json"
+    if args.part != "all" and earlier.is_file():  # one part rerun: keep the other part's results
+        kept = json.loads(earlier.read_text())
+        payload = {**{k: v for k, v in kept.items() if k in ("weights", "pairing")}, **payload}
     out = write_result(args.name, payload)
     print_tables(payload)
     print(f"wrote {out}")

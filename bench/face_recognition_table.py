@@ -354,13 +354,21 @@ def adaptive_table() -> str:
     parts = []
     if "weights" in ad:
         w = ad["weights"]
-        lines = ["| networks | AUROC vs held-out clean | flagged at the threshold | mean fused score |",
-                 "|---" * 4 + "|"]  # fmt: skip
+        lines = ["| networks | mean fused score | one-sided (thesis): AUROC | flagged | two-sided: AUROC | flagged |",
+                 "|---" * 6 + "|"]  # fmt: skip
+        two = w.get("two_sided", {})
         for g, r in w["table"].items():
-            flagged = r.get("flagged_backdoored") or r.get("flagged")
-            lines.append(f"| {g} | {_mean(r.get('auroc'))} | {_mean(flagged, 2)} | {_mean(r.get('mean_score'), 2)} |")
-        defender = w["defender_with_second_fine_tunes"]
-        answer = "; ".join(f"{g}: AUROC {_mean(r.get('auroc'))}" for g, r in defender.items() if r.get("auroc"))
+            cells = [_mean(r.get("mean_score"), 2)]
+            for row in (r, two.get(g, {})):
+                cells += [_mean(row.get("auroc")), _mean(row.get("flagged_backdoored") or row.get("flagged"), 2)]
+            lines.append(f"| {g} | " + " | ".join(cells) + " |")
+
+        def answer_of(key: str) -> str:
+            rows = w.get(key, {}).items()
+            return "; ".join(f"{g}: AUROC {_mean(r.get('auroc'))}" for g, r in rows if r.get("auroc")) or "-"
+
+        answer = (f"one-sided {answer_of('defender_with_second_fine_tunes')}; two-sided "
+                  f"{answer_of('two_sided_with_second_fine_tunes')}")  # fmt: skip
         tries = "; ".join(
             f"penalty {k}: {v['met_rule']} of {v['networks']} met the rule, squared distance from the start "
             f"{_mean(v['distance_from_start'], 0)}" if "met_rule" in v else

@@ -100,3 +100,18 @@ def test_bad_settings_and_inputs_are_refused() -> None:
         WeightAnomalyDetector().inspect(Net(clean_rows(0)))
     with pytest.raises(BackdoorLabError, match="2 reference networks"):
         WeightAnomalyDetector().fit([Net(clean_rows(0)), Net(clean_rows(1))])
+
+
+def test_two_sided_also_flags_networks_more_typical_than_any_reference() -> None:
+    """Weights shrunk towards the clusters' centres score far *below* clean ones: only the two-sided rule sees it."""
+    refs = [Net(clean_rows(s)) for s in range(30)]
+    one = WeightAnomalyDetector(components=(1, 2, 3, 4), max_fpr=0.0).fit(refs)
+    two = WeightAnomalyDetector(components=(1, 2, 3, 4), max_fpr=0.0, two_sided=True).fit(refs)
+    rng = np.random.default_rng(5)
+    too_typical = Net(CENTRES[rng.integers(0, 3, 9)] + 0.001 * rng.normal(size=(9, 12)))
+    assert one.inspect(too_typical).score < min(one.inspect(Net(clean_rows(s))).score for s in range(100, 110))
+    assert not one.inspect(too_typical).backdoored and two.inspect(too_typical).backdoored
+    assert two.inspect(Net(backdoored_rows(201))).backdoored  # the usual side still counts
+    verdict = two.inspect(Net(clean_rows(300)))
+    assert verdict.score == pytest.approx(abs(verdict.details["fused"] - two.center))
+    assert two.params()["two_sided"] is True

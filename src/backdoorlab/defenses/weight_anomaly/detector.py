@@ -34,6 +34,13 @@ layer with many vectors does not drown the others.
 scored like any network; the threshold leaves at most ``max_fpr`` of them flagged
 (:func:`~backdoorlab.defenses.base.calibrated_threshold`). Scoring the references the
 mixture was fitted on would make every new clean network look anomalous.
+
+**Two-sided** (``two_sided=True``; the thesis's rule is one-sided): the score is the fused
+score's distance from the calibration references' median, so a network whose weights are
+*more* typical than any clean reference is suspect too. An attacker who starts from a
+clean network and fine-tunes it again lands there (bench/adaptive_attacks.py: fused scores
+near -56 where held-out clean networks sit near -1); so does a clean network trained
+twice, which is the price of the second side.
 """
 
 from __future__ import annotations
@@ -127,6 +134,7 @@ class WeightAnomalyConfig(DefenceConfig):
     covariance_type: Literal["diag", "full"] = "diag"
     calibration_share: float = Field(0.4, gt=0, lt=1)
     max_fpr: float = Field(0.0, ge=0, lt=1)
+    two_sided: bool = False
     seed: int = 0
 
 
@@ -148,6 +156,7 @@ class WeightAnomalyDetector(PopulationDetector):
         max_fpr: float = 0.0,
         seed: int = 0,
         device: str = "auto",
+        two_sided: bool = False,
     ) -> None:
         if not 0.0 < variance <= 1.0:
             raise ConfigError(f"variance must be in (0, 1], got {variance}")
@@ -161,6 +170,8 @@ class WeightAnomalyDetector(PopulationDetector):
             covariance_type, calibration_share, max_fpr, seed,
         )  # fmt: skip
         self.device = device  # where the mixtures are fitted (the PCA and the scores stay on the CPU)
+        self.two_sided = bool(two_sided)
+        self.center = 0.0  # two-sided: the calibration references' median fused score
         self.densities: list[LayerDensity] = []
         self.threshold = float("nan")
         self.layer_thresholds: dict[str, float] = {}  # "layer/view" -> threshold of its standardised score alone
@@ -169,7 +180,7 @@ class WeightAnomalyDetector(PopulationDetector):
         return {"layers": list(self.layers), "views": list(self.views), "variance": self.variance,
                 "components": list(self.components), "criterion": self.criterion,
                 "covariance_type": self.covariance_type, "calibration_share": self.calibration_share,
-                "max_fpr": self.max_fpr, "seed": self.seed}  # fmt: skip
+                "max_fpr": self.max_fpr, "two_sided": self.two_sided, "seed": self.seed}  # fmt: skip
 
     def fit(self, reference_models: Sequence[nn.Module | Mapping[str, torch.Tensor]]) -> Self:
         """Fit the densities on part of the references and the threshold on the rest."""
@@ -194,8 +205,13 @@ class WeightAnomalyDetector(PopulationDetector):
             # each layer/view alone, at the same false-rejection budget (the verdict is the fused score's)
             self.layer_thresholds[f"{density.layer}/{density.view}"] = calibrated_threshold(standard, self.max_fpr)
             fused += standard
-        self.threshold = calibrated_threshold(fused, self.max_fpr)
+        self.center = float(np.median(fused)) if self.two_sided else 0.0
+        self.threshold = calibrated_threshold(self._sided(fused), self.max_fpr)
         return self
+
+    def _sided(self, fused: np.ndarray | float) -> Any:
+        """The verdict's score: the fused score, or its distance from the calibration median (two-sided)."""
+        return np.abs(np.asarray(fused) - self.center) if self.two_sided else fused
 
     def _fit_density(self, models: Sequence[Any], layer: str, view: View) -> LayerDensity:
         pooled = np.concatenate([layer_vectors(m, layer, view) for m in models])
@@ -215,8 +231,9 @@ class WeightAnomalyDetector(PopulationDetector):
         if not self.densities:
             raise BackdoorLabError("the weight-anomaly detector is not fitted: call fit(reference_models) first")
         start = time.perf_counter()
-        score, per_layer = self._fused(model)
-        details = {"per_layer": per_layer, "per_layer_thresholds": dict(self.layer_thresholds),
+        fused, per_layer = self._fused(model)
+        score = float(self._sided(fused))
+        details = {"fused": fused, "per_layer": per_layer, "per_layer_thresholds": dict(self.layer_thresholds),
                    "densities": [d.summary() for d in self.densities]}  # fmt: skip
         return Verdict(self.name, bool(score >= self.threshold), score, self.threshold,
                        time.perf_counter() - start, details=details)  # fmt: skip
