@@ -163,10 +163,13 @@ def report_methods(
             v = verdicts[n.run_dir]
             return float(v.score if key == "fused" else v.details["per_layer"][key])
 
-        models = [{"run_dir": str(Path(n.run_dir).relative_to(ROOT)) if Path(n.run_dir).is_relative_to(ROOT)
-                   else n.run_dir, "seed": n.seed, "reference": n in refs, "score": score(n),
-                   "attack": "clean" if not n.attack else (n.set if n.success else "missed the rule"),
-                   "attack_success_rate": n.asr} for n in [*refs, *held_out, *bad]]  # fmt: skip
+        models = []
+        for n in [*refs, *held_out, *bad]:
+            group = "clean" if not n.attack else (n.set if n.success else "missed the rule")
+            run = Path(n.run_dir)
+            models.append({"run_dir": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else n.run_dir,
+                           "seed": n.seed, "reference": n in refs, "score": score(n), "attack": group,
+                           "group": group if n.attack else None, "attack_success_rate": n.asr})  # fmt: skip
         clean = np.array([score(n) for n in held_out])
         groups = {}
         for name in ("triggers", "locations", "missed the rule"):

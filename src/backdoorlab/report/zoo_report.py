@@ -234,7 +234,7 @@ def _det_figure(methods: Mapping[str, Any]) -> str | None:
         curves.append((name, np.clip(fpr, edge, 1 - edge), np.clip(1 - tpr, edge, 1 - edge)))
     if not curves:
         return None
-    ticks = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95])
+    ticks = np.array([0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95])
     with plt.rc_context(_STYLE):
         fig, ax = plt.subplots(figsize=(5.2, 4.4))
         for i, (name, fpr, fnr) in enumerate(curves):
