@@ -64,10 +64,9 @@ LAYER = "last_linear"
 # ------------------------------------------------------------------ weight anomaly
 
 
-def recipe_seed(row_or_net: Any) -> int:
+def recipe_seed(net: Network) -> int:
     """The weight-zoo seed whose recipe an adaptive network repeats (adaptive seeds are 1000 + it)."""
-    seed = row_or_net.seed if isinstance(row_or_net, Network) else int(row_or_net["config"]["seed"])
-    return seed - 1000
+    return net.seed - 1000
 
 
 def penalty_of(net: Network) -> float:
