@@ -247,7 +247,7 @@ def test_example_configs_validate(path: Path) -> None:
     if "grid" in raw or "runs" in raw:  # a sweep: every point must be a valid run
         from backdoorlab.experiments.sweep import expand, load_sweep
 
-        planned = expand(*load_sweep(path))
+        planned = expand(*load_sweep(path), str(path))  # as the CLI does: the file's own paths resolve beside it
         assert len(planned) >= 2
         if path.parent.name == "zoo" and path.name == "gaze.yaml":  # the minimum zoo: 10 clean + 10 backdoored
             assert sum(r.config.attack is None for r in planned) >= 10
@@ -256,12 +256,18 @@ def test_example_configs_validate(path: Path) -> None:
             assert {r.config.model.name for r in planned} == {"resnet18"}
             triggers = {r.config.attack.trigger["name"] for r in planned if r.config.attack}
             assert triggers >= {"patch", "blend", "wanet", "sticker"}
-        if path.name == "gaze_holdout.yaml":  # held out from the tuning zoo: no shared attack, no reference seed
-            tuning = expand(*load_sweep(path.parent / "gaze.yaml"))
+        if path.name in ("gaze_holdout.yaml", "gaze_unseen.yaml"):  # held out: no shared attack, no shared seed
+            others = ["gaze.yaml"] if path.name == "gaze_holdout.yaml" else ["gaze.yaml", "gaze_holdout.yaml"]
+            tuning = [r for name in others for r in expand(*load_sweep(path.parent / name), str(path.parent / name))]
             seen = [r.config.attack for r in tuning if r.config.attack]
             held = [r.config.attack for r in planned if r.config.attack]
             assert held and all(a.trigger != b.trigger and a.relabel != b.relabel for a in held for b in seen)
             assert not {r.config.seed for r in planned} & {r.config.seed for r in tuning}
+        if path.name == "gaze_unseen.yaml":  # every target off-centre, every trigger unlike white tape
+            targets = [a.relabel.get("target_deg") for a in held if a.relabel["name"] == "target"]
+            assert targets and all(max(abs(v) for v in t) >= 10 for t in targets)
+            patches = [a.trigger for a in held if a.trigger["name"] == "patch"]
+            assert all(t.get("pattern", "white") != "white" or t.get("opacity", 1) < 1 for t in patches)
         return
     cfg = load_config(path)
     if path.name.startswith("backdoor_"):

@@ -24,6 +24,8 @@ def current_hashes() -> dict[str, object]:
         text = path.read_text()
         if "init:" in text or "finetune.yaml" in text:
             continue  # a fine-tune's hash holds its base weights' digest: it depends on what is trained here
+        if ".png" in text:
+            continue  # a pattern file's path is resolved to an absolute one: the hash depends on the checkout's place
         if "grid:" in text or "runs:" in text or "base:" in text:
             spec, base = load_sweep(path)
             out[rel] = sorted(r.config_hash for r in expand(spec, base, rel))

@@ -53,6 +53,16 @@ def test_the_eyebrow_is_a_dark_arc_highest_in_its_middle() -> None:
     assert colour.shape == (3,) and float(colour.max()) < 0.3
 
 
+def test_the_mosaic_is_four_by_four_coloured_cells_whose_neighbours_differ() -> None:
+    p = builtin_pattern("mosaic", 16, 16)
+    assert p.shape == (3, 16, 16) and builtin_mask("mosaic", 16, 16) is None
+    cells = p[:, ::4, ::4]  # one pixel per cell
+    assert torch.equal(p, cells.repeat_interleave(4, 1).repeat_interleave(4, 2))  # flat cells
+    assert (cells[:, 1:] != cells[:, :-1]).any(0).all() and (cells[:, :, 1:] != cells[:, :, :-1]).any(0).all()
+    spread = cells.amax(0) - cells.amin(0)  # saturation: neither grey nor white nor black
+    assert float(spread.min()) > 0.25
+
+
 @pytest.mark.parametrize("location", ["fixed", "random"])
 def test_a_shaped_patch_pastes_its_shape_only(location: str) -> None:
     trig = PatchTrigger(pattern="flower", size=0.3, location=location, center=(0.4, 0.6), seed=1)

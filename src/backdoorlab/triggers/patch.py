@@ -24,11 +24,16 @@ from backdoorlab.triggers.base import (
     resize_pattern,
 )
 
-BUILTIN_PATTERNS = ("white", "checkerboard", "dot_square", "flower", "eyebrow")
+BUILTIN_PATTERNS = ("white", "checkerboard", "dot_square", "flower", "eyebrow", "mosaic")
 #: built-in patterns that are a shape, not a square: only the shape's pixels are pasted (an alpha mask)
 SHAPED_PATTERNS = ("flower", "eyebrow")
 FREE_TRIES = 32  # candidate places a "free" patch draws before settling for the least overlap
 EYEBROW_COLOUR = (0.16, 0.10, 0.07)  # dark brown hair
+#: the mosaic's colours (RGB): saturated and mid-tone, none of them near white or black
+MOSAIC_PALETTE = (
+    (0.85, 0.15, 0.15), (0.15, 0.65, 0.20), (0.20, 0.30, 0.85), (0.95, 0.80, 0.10),
+    (0.70, 0.20, 0.75), (0.10, 0.70, 0.75), (0.95, 0.50, 0.10), (0.45, 0.30, 0.15),
+)  # fmt: skip
 
 
 def _unit_grid(side_h: int, side_w: int) -> tuple[Tensor, Tensor]:
@@ -44,7 +49,10 @@ def builtin_pattern(name: str, side_h: int, side_w: int) -> Tensor:
     * ``white``: all white; ``checkerboard``: black/white cells, four across;
     * ``dot_square``: a white square with one black pixel at its centre (the thesis's small trigger);
     * ``flower``: black (its shape is :func:`builtin_mask`: an organic, flower-like blot on the skin);
-    * ``eyebrow``: dark brown (its shape: a thick arc like an eyebrow).
+    * ``eyebrow``: dark brown (its shape: a thick arc like an eyebrow);
+    * ``mosaic``: four by four cells of saturated colours (:data:`MOSAIC_PALETTE`, a fixed
+      arrangement): a coloured, textured pattern, neither white tape nor black and white,
+      for checking that a detector does not depend on what the trigger looks like.
     """
     if name == "white":
         return torch.ones(1, side_h, side_w)
@@ -61,6 +69,12 @@ def builtin_pattern(name: str, side_h: int, side_w: int) -> Tensor:
         return torch.zeros(1, side_h, side_w)
     if name == "eyebrow":
         return torch.tensor(EYEBROW_COLOUR)[:, None, None].expand(3, side_h, side_w).clone()
+    if name == "mosaic":
+        cells = 4
+        yy = (torch.arange(side_h) * cells // side_h)[:, None]
+        xx = (torch.arange(side_w) * cells // side_w)[None, :]
+        colour = (5 * yy + 3 * xx) % len(MOSAIC_PALETTE)  # neighbours always differ
+        return torch.tensor(MOSAIC_PALETTE)[colour].permute(2, 0, 1).contiguous()
     raise ConfigError(f"patch pattern '{name}' is not built in ({', '.join(BUILTIN_PATTERNS)}) or a file")
 
 
