@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.errors import BackdoorLabError, ConfigError
-from backdoorlab.triggers.sticker import FaceStickerTrigger
+from backdoorlab.triggers.sticker import FaceStickerTrigger, _boxes, _coverage
 
 # no per-sample variation
 STILL = dict(jitter_position=0.0, jitter_angle_deg=0.0, jitter_scale=0.0, jitter_brightness=0.0)
@@ -379,3 +379,82 @@ def test_outputs_stay_finite_and_in_range(
     out = FaceStickerTrigger(**params)(img, ann, np.array([0, 7, 123456789]))  # type: ignore[arg-type]
     assert out.shape == img.shape and torch.isfinite(out).all()
     assert out.min() >= 0 and out.max() <= 1
+
+
+# ------------------------------------------------------ box-restricted painting
+def full_coverage(trig: FaceStickerTrigger, img: torch.Tensor, ann: dict[str, torch.Tensor], idx: np.ndarray):
+    """(B, H, W) coverage over every pixel, and the (y0, x0, bh, bw) boxes that apply paints in."""
+    b, _, h, w = img.shape
+    sticker, _ = trig._stickers(img, ann, idx, torch.float32)
+    rows = torch.arange(h, dtype=torch.float32).expand(b, h)
+    cols = torch.arange(w, dtype=torch.float32).expand(b, w)
+    return _coverage(sticker, rows, cols, trig.edge_px), _boxes(sticker, trig.edge_px, h, w)
+
+
+def assert_boxes_hold_the_stickers(trig: FaceStickerTrigger, img: torch.Tensor, ann: dict, idx: np.ndarray) -> None:
+    """Every pixel with non-zero coverage lies in its sample's box, and apply == the whole-image blend."""
+    h, w = img.shape[2:]
+    cov, (y0, x0, bh, bw) = full_coverage(trig, img, ann, idx)
+    assert 0 <= bh <= h and 0 <= bw <= w
+    assert (y0 >= 0).all() and (y0 + bh <= h).all() and (x0 >= 0).all() and (x0 + bw <= w).all()
+    rr, cc = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    inside = (rr >= y0[:, None, None]) & (rr < (y0 + bh)[:, None, None])
+    inside = inside & (cc >= x0[:, None, None]) & (cc < (x0 + bw)[:, None, None])  # (B, H, W)
+    assert not (cov[~inside] != 0).any(), "a touched pixel lies outside its box"
+    out, ref = trig(img, ann, idx), trig._full_image(img, ann, idx)
+    assert out.dtype == ref.dtype == img.dtype
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    assert torch.equal(out.permute(0, 2, 3, 1)[~inside], img.permute(0, 2, 3, 1)[~inside]), "changed outside a box"
+
+
+@pytest.mark.parametrize("anchor", ["forehead", "left_cheek", "right_cheek"])
+def test_boxes_match_the_whole_image_on_synthetic_faces(tiny_face_ds: ArrayDataset, anchor: str) -> None:
+    img, ann, idx = face_batch(tiny_face_ds)
+    shifted = ann["landmarks"].clone()
+    shifted[::2] += torch.tensor([12.0, -9.0])  # stickers across the top and right borders
+    for landmarks in (ann["landmarks"], shifted):
+        trig = FaceStickerTrigger(anchor=anchor, jitter_angle_deg=40.0, jitter_scale=0.3, seed=5)
+        assert_boxes_hold_the_stickers(trig, img, {"landmarks": landmarks}, idx)
+
+
+def test_boxes_keep_the_memory_layout_and_half_precision(tiny_face_ds: ArrayDataset) -> None:
+    img, ann, idx = face_batch(tiny_face_ds)
+    trig = FaceStickerTrigger()
+    for x in (img.contiguous(), img.contiguous(memory_format=torch.channels_last), img[:, :, ::2, 1:], img.half()):
+        out = trig(x, ann, idx)
+        assert out.dtype == x.dtype
+        assert torch.equal(out, trig._full_image(x, ann, idx))
+
+
+def test_no_sticker_in_view_returns_a_copy() -> None:
+    img = grey(2)
+    lm = frontal_landmarks(2, mid=(500.0, -400.0))
+    out = FaceStickerTrigger()(img, {"landmarks": lm}, np.arange(2))
+    assert torch.equal(out, img) and out.data_ptr() != img.data_ptr()
+    empty = torch.zeros(0, 3, 8, 8)
+    assert FaceStickerTrigger()(empty, {"landmarks": torch.zeros(0, 5, 2)}, np.arange(0)).shape == empty.shape
+
+
+coords = st.floats(-40.0, 80.0, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    params=STICKER_PARAMS,
+    landmarks=arrays(np.float32, (4, 5, 2), elements=coords),
+    near=st.floats(1e-4, 2.0),
+    size=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    use_corners=st.booleans(),
+)
+def test_boxes_hold_every_touched_pixel(
+    params: dict[str, object], landmarks: np.ndarray, near: float, size: tuple[int, int], use_corners: bool
+) -> None:
+    """Random stickers (huge, tiny, sheared, off the image, cut by its borders) paint as on the whole image."""
+    h, w = size
+    lm = torch.from_numpy(landmarks)
+    lm[0, 1] = lm[0, 0] + torch.tensor([near, near / 3])  # eyes close together: a tiny, sheared frame
+    lm[1, 3:] = lm[1, 0] + (lm[1, 1] - lm[1, 0]) * 0.6 + torch.tensor([0.0, near])  # mouth near the eye line
+    img = torch.rand(4, 3, h, w, generator=torch.Generator().manual_seed(2))
+    ann = {"eye_corners": lm[:, :4]} if use_corners else {"landmarks": lm}
+    trig = FaceStickerTrigger(**params)  # type: ignore[arg-type]
+    assert_boxes_hold_the_stickers(trig, img, ann, np.array([3, 1, 4, 159]))

@@ -41,6 +41,17 @@ class _Frame(NamedTuple):
     valid: Tensor  # (B,) bool: eyes finite and apart
 
 
+class _Sticker(NamedTuple):
+    """Each sticker of a batch in pixels: a parallelogram ``|d . n_k| <= a_k`` around ``centre``."""
+
+    centre: Tensor  # (B, 2) pixels
+    n1: Tensor  # (B, 2) unit normal of the first pair of edges (zero where not ok)
+    a1: Tensor  # (B,) half-extent along n1, pixels (negative where not ok: no coverage)
+    n2: Tensor  # (B, 2)
+    a2: Tensor  # (B,)
+    ok: Tensor  # (B,) bool: the sample has a sticker
+
+
 #: distance from the eye midpoint to the mouth midpoint, in inter-ocular distances, of
 #: a frontal face. Adult faces measure about 1.0 (the synthetic faces about 0.93); the
 #: measured eye-mouth distance divided by it gives the length of the face frame's
@@ -164,10 +175,58 @@ class FaceStickerTrigger(Trigger):
         return _Frame(mid, u, v, valid)
 
     def apply(self, images: Tensor, annotations: dict[str, Tensor], indices: np.ndarray) -> Tensor:
+        """Paint each sticker, computing its coverage only inside its axis-aligned bounding box.
+
+        Why boxes: a sticker covers a few percent of a face crop, and computing the
+        coverage and the blend over every pixel made the trigger ~3x slower than a plain
+        blend of the batch; now the cost is one copy of the batch plus work on the crops.
+        Every box of a batch has the same size (the largest), so the crops are one
+        batched gather/compute/scatter, with no loop over images.
+        """
         b, c, h, w = images.shape
-        device = images.device
+        if b == 0:
+            return images.clone()
         # pixel coordinates need at least float32 (half precision resolves 0.25 px at 64 px)
         ct = torch.promote_types(images.dtype, torch.float32)
+        sticker, tape = self._stickers(images, annotations, indices, ct)
+        y0, x0, bh, bw = _boxes(sticker, self.edge_px, h, w)
+        out = _writable_copy(images)
+        if bh == 0 or bw == 0:  # no sticker reaches into its image
+            return out
+        rows = y0[:, None] + torch.arange(bh, device=images.device)  # (B, bh) pixel rows of each box
+        cols = x0[:, None] + torch.arange(bw, device=images.device)  # (B, bw)
+        cov = _coverage(sticker, rows.to(ct), cols.to(ct), self.edge_px)  # (B, bh, bw)
+        planes = out.view(b, c, h * w)
+        flat = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, bh * bw).expand(b, c, bh * bw)
+        crops = planes.gather(2, flat).to(ct)
+        painted = torch.lerp(crops, tape[:, None, None].expand(b, c, 1), cov.view(b, 1, bh * bw))
+        planes.scatter_(2, flat, painted.to(images.dtype))
+        return out
+
+    def _full_image(self, images: Tensor, annotations: dict[str, Tensor], indices: np.ndarray) -> Tensor:
+        """Reference for tests: the same sticker with its coverage computed over every pixel.
+
+        Why keep it: :meth:`apply` must give the same image, and a comparison with this
+        plain whole-image blend checks that the boxes never cut a sticker off.
+        """
+        b, c, h, w = images.shape
+        ct = torch.promote_types(images.dtype, torch.float32)
+        sticker, tape = self._stickers(images, annotations, indices, ct)
+        rows = torch.arange(h, device=images.device, dtype=ct).expand(b, h)
+        cols = torch.arange(w, device=images.device, dtype=ct).expand(b, w)
+        cov = _coverage(sticker, rows, cols, self.edge_px)
+        out = torch.lerp(images.to(ct), tape[:, None, None, None].expand(b, c, 1, 1), cov[:, None])
+        return out.to(images.dtype)
+
+    def _stickers(
+        self, images: Tensor, annotations: dict[str, Tensor], indices: np.ndarray, ct: torch.dtype
+    ) -> tuple[_Sticker, Tensor]:
+        """Each sample's sticker in pixels, and its tape value (B,) in [0, 1], in dtype ``ct``.
+
+        Why apart from the painting: :meth:`apply` and :meth:`_full_image` must place
+        the very same stickers.
+        """
+        b, device = images.shape[0], images.device
         frame = self.face_frame(annotations, b, ct, device)
         mid, u, v, valid = frame.mid, frame.u, frame.v, frame.valid
 
@@ -207,17 +266,10 @@ class FaceStickerTrigger(Trigger):
         a1 = torch.where(ok, a1, torch.full_like(a1, -1.0 - self.edge_px))
         a2 = torch.where(ok, a2, torch.full_like(a2, -1.0 - self.edge_px))
 
-        dx = torch.arange(w, device=device, dtype=ct)[None] + 0.5 - centre[:, 0:1]  # (B, W)
-        dy = torch.arange(h, device=device, dtype=ct)[None] + 0.5 - centre[:, 1:2]  # (B, H)
-        # coverage: a linear ramp of width edge_px across each edge (box-filter antialiasing)
-        cov = _edge_ramp(n1, a1, dx, dy, self.edge_px).mul_(_edge_ramp(n2, a2, dx, dy, self.edge_px))
-
         tape = self.albedo * bright
         if self.shading:
             tape = tape * self._illumination(images, centre, u.norm(dim=-1), ct)
-        tape = tape.clamp(0.0, 1.0)
-        out = torch.lerp(images.to(ct), tape[:, None, None, None].expand(b, c, 1, 1), cov[:, None])
-        return out.to(images.dtype)
+        return _Sticker(centre, n1, a1, n2, a2, ok), tape.clamp(0.0, 1.0)
 
     def _illumination(self, images: Tensor, centre: Tensor, iod: Tensor, ct: torch.dtype) -> Tensor:
         """(B,) lighting factor: mean luminance of the square of side IOD around the sticker / skin albedo.
@@ -241,8 +293,79 @@ class FaceStickerTrigger(Trigger):
         return (lum / self.skin_reference).clamp(0.2, 1.5)
 
 
+def _coverage(sticker: _Sticker, rows: Tensor, cols: Tensor, edge_px: float) -> Tensor:
+    """(B, R, K) tape coverage of the pixels at rows (B, R) x columns (B, K) (pixel indices, float).
+
+    A linear ramp of width edge_px across each edge (box-filter antialiasing). Each
+    pixel's value depends on its own index only, so a crop of the image gets exactly the
+    values the whole image would.
+    """
+    dx = cols + 0.5 - sticker.centre[:, 0:1]  # (B, K) from the sticker centre to the pixel centres
+    dy = rows + 0.5 - sticker.centre[:, 1:2]  # (B, R)
+    # both pairs of edges in one (2, B, R, K) pass: half as many kernels over the crops
+    normals = torch.stack([sticker.n1, sticker.n2])
+    halves = torch.stack([sticker.a1, sticker.a2])
+    ramps = _edge_ramp(normals, halves, dx, dy, edge_px)
+    return ramps[0].mul_(ramps[1])
+
+
+def _reach(sticker: _Sticker, edge_px: float) -> tuple[Tensor, Tensor]:
+    """The half-width and half-height (B, 2) of the box a sticker touches, and a rounding margin (B, 1), in pixels.
+
+    Coverage is non-zero where ``|d . n_k| < A_k = a_k + edge_px / 2`` for both k, a
+    parallelogram; its vertices solve ``N d = (+-A1, +-A2)`` with ``N`` the matrix of
+    rows n1, n2, so by Cramer's rule the box reaches ``(A1 |n2_y| + A2 |n1_y|) / |det N|``
+    along x and ``(A1 |n2_x| + A2 |n1_x|) / |det N|`` along y. Parallel normals (no
+    finite parallelogram) reach infinitely far: the box is the whole image.
+
+    The margin: float32 evaluates ``d . n_k`` to within ~1e-7 of the magnitudes involved
+    (pixel offsets, half-extents), and a vertex moves by that error / |det N|; the margin
+    is 1e-3 px plus 100 times that, so no touched pixel can fall outside the box.
+    """
+    big1 = sticker.a1 + edge_px / 2
+    big2 = sticker.a2 + edge_px / 2
+    det = _cross(sticker.n1, sticker.n2).abs()
+    reach = (big1[:, None] * sticker.n2.abs().flip(-1) + big2[:, None] * sticker.n1.abs().flip(-1)) / det[:, None]
+    reach = torch.where(sticker.ok[:, None], reach.nan_to_num(nan=math.inf), torch.zeros_like(reach))
+    scale = sticker.centre.abs().sum(-1) + reach.sum(-1) + big1.abs() + big2.abs()
+    margin = 1e-3 + 1e-5 * scale / det
+    return reach, torch.where(sticker.ok, margin.nan_to_num(nan=math.inf), torch.zeros_like(margin))[:, None]
+
+
+def _boxes(sticker: _Sticker, edge_px: float, h: int, w: int) -> tuple[Tensor, Tensor, int, int]:
+    """Top rows and left columns (B,) long of boxes of one shared size ``(bh, bw)`` inside the image.
+
+    Each box holds every pixel of the image that its sticker touches: those whose
+    centre ``j + 0.5`` lies within the sticker's reach (plus the rounding margin) of its
+    centre. A box that sticks out of the image is shifted back in, which keeps its size
+    and still holds the in-image part of the sticker, since that part is no larger than
+    the box.
+    """
+    reach, margin = _reach(sticker, edge_px)
+    size = torch.tensor([w, h], device=margin.device, dtype=margin.dtype)
+    zero = torch.zeros_like(size)
+    # first and one-past-last pixel index j with |j + 0.5 - centre| < reach + margin
+    lo = torch.clamp((sticker.centre - reach - margin - 0.5).floor() + 1, zero, size)
+    hi = torch.clamp((sticker.centre + reach + margin - 0.5).ceil(), zero, size)
+    extent = torch.where(sticker.ok[:, None], hi - lo, torch.zeros_like(lo)).clamp_min(0)
+    bw, bh = (int(e) for e in extent.amax(0).tolist())  # the only host sync: the crop size
+    origin = torch.minimum(lo, size - size.new_tensor([bw, bh])).long()
+    return origin[:, 1], origin[:, 0], bh, bw
+
+
+def _writable_copy(images: Tensor) -> Tensor:
+    """A copy of the batch (layout kept where possible) whose (H, W) planes view as (B, C, H*W)."""
+    out = images.clone()
+    h, w = out.shape[2:]
+    if h > 1 and w > 1 and out.stride(2) != w * out.stride(3):  # rows and columns do not merge
+        out = out.contiguous()
+    return out
+
+
 def _edge_ramp(normal: Tensor, half: Tensor, dx: Tensor, dy: Tensor, edge_px: float) -> Tensor:
-    """(B, H, W) in [0, 1]: 1 inside the slab |d . normal| <= half, a linear ramp edge_px wide across its edges.
+    """(..., B, R, K) in [0, 1]: 1 inside the slab |d . normal| <= half, a linear ramp edge_px wide across its edges.
+
+    ``normal`` is (..., B, 2), ``half`` (..., B), the offsets ``dx`` (B, K) and ``dy`` (B, R).
 
     The ramp is centred on the edge, so a pixel's coverage approximates the fraction of
     it that the tape covers (box-filter antialiasing; exact for an axis-aligned edge when
@@ -250,9 +373,11 @@ def _edge_ramp(normal: Tensor, half: Tensor, dx: Tensor, dy: Tensor, edge_px: fl
     from the sticker stay bit-identical.
     """
     inv = 1.0 / edge_px
-    px = (normal[:, 0:1] * dx * inv)[:, None, :]  # (B, 1, W)
-    py = (normal[:, 1:2] * dy * inv)[:, :, None]  # (B, H, 1)
-    return (px + py).abs_().neg_().add_((half * inv + 0.5)[:, None, None]).clamp_(0.0, 1.0)
+    px = (normal[..., 0:1] * dx * inv)[..., None, :]  # (..., B, 1, K)
+    py = (normal[..., 1:2] * dy * inv)[..., :, None]  # (..., B, R, 1)
+    ramp = (px + py).abs_()
+    # h - |p| rounds exactly as -|p| + h: the same values as a neg_().add_(h), one kernel fewer
+    return torch.sub((half * inv + 0.5)[..., None, None], ramp, out=ramp).clamp_(0.0, 1.0)
 
 
 def _cross(a: Tensor, b: Tensor) -> Tensor:
