@@ -2,11 +2,13 @@
 
 Numbers, all measured in this run:
 
-* ``eager_1proc`` / ``compiled_1proc``: steady state of one process using every core's
-  thread, plain torch vs ``torch.compile`` (compilation done before timing);
-* ``eager_end_to_end``: ``synthesize(compile=False)`` of a whole dataset, one worker
-  process per core, including process start (the default below 50,000 images);
-* ``compiled_end_to_end``: ``synthesize(compile=True)``, one process, including the
+* ``eager_1proc`` / ``compiled_1proc``: steady state of one process using every core,
+  plain torch (one rendering thread per core, each with one torch thread) vs
+  ``torch.compile`` (one thread with every core's torch thread; compilation done before
+  timing);
+* ``eager_end_to_end``: ``synthesize(compile=False)`` of a whole dataset, one rendering
+  thread per core (the default below 50,000 images; no process to start);
+* ``compiled_end_to_end``: ``synthesize(compile=True)``, one thread, including the
   compilation (~26 s per new process).
 
     python bench/renderer_throughput.py [--images 12000]
@@ -33,11 +35,9 @@ from backdoorlab.data.synthetic.dataset import SyntheticGazeSpec, synthesize  # 
 
 def steady_state(use_compile: bool, batches: int = 12) -> float:
     spec = SyntheticGazeSpec(identities=batches, images_per_identity=synth.CHUNK, size=64)
-    synthesize(
-        SyntheticGazeSpec(identities=1, images_per_identity=synth.CHUNK, size=64), compile=use_compile, workers=1
-    )
+    synthesize(SyntheticGazeSpec(identities=1, images_per_identity=synth.CHUNK, size=64), compile=use_compile)
     t = time.perf_counter()
-    synthesize(spec, compile=use_compile, workers=1)
+    synthesize(spec, compile=use_compile)
     return spec.n_images / (time.perf_counter() - t)
 
 
@@ -65,12 +65,12 @@ def main() -> None:
         "end_to_end_images": spec.n_images,
         "size": 64,
         "threads": torch.get_num_threads(),
-        "workers": min(os.cpu_count() or 1, 4),
+        "workers": min(os.cpu_count() or 1, synth.MAX_WORKERS),  # rendering threads (eager)
     }
     write_result("renderer_throughput", row)
     print(
         f"renderer 64x64, steady state in one process: eager {eager:.0f}/s, compiled {compiled:.0f}/s; "
-        f"synthesize() of {spec.n_images} images end to end: eager ({row['workers']} processes) "
+        f"synthesize() of {spec.n_images} images end to end: eager ({row['workers']} threads) "
         f"{eager_e2e:.0f}/s, compiled (1 process) {compiled_e2e:.0f}/s"
     )
 

@@ -7,11 +7,15 @@ byte-identical data whatever the batching, and adding identities leaves the exis
 ones unchanged.
 
 Speed (``bench/renderer_throughput.py``): the ray-caster is a long chain of
-elementwise tensor operations. Eagerly, they scale better across processes (one
-thread each) than across threads, so large datasets are split over worker processes.
-``torch.compile`` fuses them into a few loops (about 2.4x in steady state) but costs
-~26 s to compile in each new process, so it is used only from ``COMPILE_MIN_IMAGES``
-on (``compile="auto"``), in this process with all its threads.
+elementwise tensor operations on batches of ``CHUNK`` images. Eagerly, one batch per
+core at a time scales far better than torch's intra-op threads (each operation is too
+short to split), so batches are shared out over a pool of Python threads, each with
+one torch thread: torch releases the GIL inside every operation, and unlike worker
+processes, threads cost nothing to start (a process pays ~2 s to import torch, a
+sixth of a 12,000-image dataset) and write their images straight into the result.
+``torch.compile`` fuses the chain into a few loops but costs ~26 s to compile in each
+new process, so it is used only from ``COMPILE_MIN_IMAGES`` on (``compile="auto"``),
+in this thread with all of torch's threads.
 """
 
 from __future__ import annotations
@@ -19,11 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +49,7 @@ from backdoorlab.errors import DatasetError
 RENDERER_VERSION = "2"  # bump whenever the pixels a spec produces change (it keys the cache)
 CHUNK = 64
 COMPILE_MIN_IMAGES = 50_000  # compiling costs ~26 s; it pays for itself from ~45k images
-PARALLEL_MIN_IMAGES = 2_000  # below this, starting worker processes costs more than it saves
+MAX_WORKERS = 4  # rendering threads at most (one per core)
 
 
 class SyntheticGazeSpec(BaseModel):
@@ -103,33 +106,45 @@ def synthesize(
 ) -> ArrayDataset:
     """Render the dataset described by ``spec`` in memory.
 
-    ``workers`` processes (default for eager rendering of 2,000 images or more: one per
-    core, up to 4; otherwise this process) each render a contiguous share of the
-    identities with one thread.
+    ``workers`` threads (default: one per core, up to ``MAX_WORKERS``) render the
+    batches eagerly, each with one torch thread; compiled rendering runs in this thread
+    alone, with all of torch's threads (compiling from several threads at once is not
+    safe). The bytes do not depend on ``workers``: every batch is the same whoever
+    renders it.
     """
     use_compile = spec.n_images >= COMPILE_MIN_IMAGES if compile == "auto" else bool(compile)
+    batches = _batches(spec)
     if workers is None:
-        # compiled code runs in this process (compiling once per worker would cost more
-        # than it saves); eager code scales better over processes than over threads
-        many = spec.n_images >= PARALLEL_MIN_IMAGES and not use_compile
-        workers = min(os.cpu_count() or 1, 4) if many else 1
-    ipi = spec.images_per_identity
-    blocks = [(k, s, min(s + CHUNK, ipi)) for k in range(spec.identities) for s in range(0, ipi, CHUNK)]
-    shards = [list(map(tuple, sh)) for sh in np.array_split(np.asarray(blocks), max(1, min(workers, len(blocks))))]
-    if len(shards) == 1:
-        parts = [_render_shard(spec, shards[0], use_compile, progress)]
+        workers = min(os.cpu_count() or 1, MAX_WORKERS)
+    workers = 1 if use_compile else max(1, min(workers, len(batches)))
+    fn = _render_faces_fn(use_compile)
+    h, w = (spec.size, spec.size) if spec.kind == "face" else (spec.eye_height, spec.eye_width)
+    images = np.empty((spec.n_images, h, w, 3), np.uint8)
+    starts = np.cumsum([0] + [sum(e - s for _, s, e in batch) for batch in batches])
+    anns: list[dict[str, np.ndarray]] = [{} for _ in batches]
+
+    def render_one(i: int) -> int:
+        rendered = _render_blocks(spec, fn, batches[i], use_compile)
+        images[starts[i] : starts[i + 1]] = rendered.images
+        anns[i] = rendered.annotations
+        return int(starts[i + 1])
+
+    if workers == 1:
+        for i in range(len(batches)):
+            done = render_one(i)
+            if progress:
+                progress(done, spec.n_images)
     else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(len(shards), mp_context=ctx, initializer=torch.set_num_threads, initargs=(1,)) as ex:
-            futures = [ex.submit(_render_shard, spec, sh, use_compile, None) for sh in shards]
-            parts = []
-            for fut in futures:
-                parts.append(fut.result())
-                if progress:
-                    progress(sum(len(p[0]) for p in parts), spec.n_images)
-    images = np.concatenate([p[0] for p in parts])
-    ann = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
-    ann["identity"] = np.repeat(np.arange(spec.identities, dtype=np.int64), ipi)
+        threads = torch.get_num_threads()
+        try:
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as ex:
+                for done in ex.map(render_one, range(len(batches))):
+                    if progress:
+                        progress(done, spec.n_images)
+        finally:
+            torch.set_num_threads(threads)  # the pool's threads changed torch's default for new threads
+    ann = {k: np.concatenate([a[k] for a in anns]) for k in anns[0]}
+    ann["identity"] = np.repeat(np.arange(spec.identities, dtype=np.int64), spec.images_per_identity)
     meta = {
         "name": f"synthetic-{spec.kind}",
         "source": "backdoorlab renderer",
@@ -150,40 +165,39 @@ def _render_faces_fn(use_compile: bool) -> Callable[..., tuple[torch.Tensor, tor
     return _COMPILED["faces"]
 
 
-def _render_shard(
-    spec: SyntheticGazeSpec, blocks: list[Block], use_compile: bool, progress: Callable[[int, int], None] | None
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Render consecutive blocks, packed into batches of ``CHUNK`` images."""
-    fn = _render_faces_fn(use_compile)
-    images: list[np.ndarray] = []
-    anns: list[dict[str, np.ndarray]] = []
+def _batches(spec: SyntheticGazeSpec) -> list[list[Block]]:
+    """Blocks of at most ``CHUNK`` images of one identity, packed in order into batches of at most ``CHUNK``."""
+    ipi = spec.images_per_identity
+    batches: list[list[Block]] = [[]]
+    size = 0
+    for k in range(spec.identities):
+        for s in range(0, ipi, CHUNK):
+            e = min(s + CHUNK, ipi)
+            if size + (e - s) > CHUNK and batches[-1]:
+                batches.append([])
+                size = 0
+            batches[-1].append((k, s, e))
+            size += e - s
+    return batches
+
+
+def _render_blocks(
+    spec: SyntheticGazeSpec,
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    blocks: list[Block],
+    use_compile: bool,
+) -> faces.Rendered:
+    """Render one batch of blocks: every parameter is drawn from the block's own seeds."""
     pending: list[tuple[IdentityParams, ImageParams, np.ndarray, int]] = []
     views: dict[int, ImageParams] = {}
-    done = 0
-
-    def flush() -> None:
-        nonlocal done
-        if not pending:
-            return
-        rendered = _render_batch(spec, fn, pending, pad_to=CHUNK if use_compile else None)
-        images.append(rendered.images)
-        anns.append(rendered.annotations)
-        done += len(rendered.images)
-        pending.clear()
-        if progress:
-            progress(done, spec.n_images)
-
     for k, s, e in blocks:
         if k not in views:
-            views = {k: view_params(spec, k)}
+            views[k] = view_params(spec, k)
         view = views[k].take(np.arange(s, e))
         ident = identity_params(spec, k).take(np.zeros(e - s, int))
         sides = np.random.default_rng([spec.seed, 2, k, s]).integers(0, 2, e - s)
-        if sum(len(p[1].gaze) for p in pending) + (e - s) > CHUNK:
-            flush()
         pending.append((ident, view, sides, _noise_seed(spec.seed, k, s)))
-    flush()
-    return np.concatenate(images), {k: np.concatenate([a[k] for a in anns]) for k in anns[0]}
+    return _render_batch(spec, fn, pending, pad_to=CHUNK if use_compile else None)
 
 
 def _noise_seed(seed: int, identity: int, start: int) -> int:
