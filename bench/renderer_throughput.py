@@ -66,6 +66,7 @@ def main() -> None:
         "size": 64,
         "threads": torch.get_num_threads(),
         "workers": min(os.cpu_count() or 1, synth.MAX_WORKERS),  # rendering threads (eager)
+        "worker_kind": "threads",  # results before 2026-12-03 rendered on one process per core
     }
     write_result("renderer_throughput", row)
     print(

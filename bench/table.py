@@ -63,12 +63,13 @@ def rows() -> list[tuple[str, str, str, str]]:
     rt = _load("renderer_throughput")
     if rt:
         steady = "met" if rt["compiled_1proc"] >= 1000 else "missed"
+        kind = rt.get("worker_kind", "processes")
         e2e = "met" if max(rt["eager_end_to_end"], rt["compiled_end_to_end"]) >= 1000 else "missed"
         out.append(
             (
                 "Renderer throughput, 64x64 face crops, 2 cores",
                 f"steady state, one process: compiled {rt['compiled_1proc']:.0f}/s, eager {rt['eager_1proc']:.0f}/s; "
-                f"end to end for {rt['end_to_end_images']} images: eager on {rt['workers']} processes "
+                f"end to end for {rt['end_to_end_images']} images: eager on {rt['workers']} {kind} "
                 f"{rt['eager_end_to_end']:.0f}/s, compiled {rt['compiled_end_to_end']:.0f}/s (compilation included)",
                 f">= 1000/s ({steady} in steady state, {e2e} end to end)",
                 "`python bench/renderer_throughput.py`",
