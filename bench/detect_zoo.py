@@ -64,6 +64,20 @@ BENCH_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
         "securegaze",
         {"restarts": 4, "explore_steps": 40, "pull": 1.0, "scan_starts": 0, "steps": 300},
     ),
+    # issue 17's candidate: no feature-angle term (it steered the search away from the adaptive attacker's
+    # trigger), 6 screened starts explored on P alone (half a step's cost), screened on 16 images, and the
+    # shift signature beside the collapse one (a shift relabel moves the outputs without collapsing them)
+    "securegaze_hardened": (
+        "securegaze",
+        {
+            "lambda_feat": 0.0,
+            "scan_images": 16,
+            "scan_starts": 6,
+            "scan_pattern_only": True,
+            "signatures": ["collapse", "shift"],
+            "min_shift_deg": 12.0,
+        },
+    ),
     "neural_cleanse": ("neural_cleanse", {"restarts": 2, "steps": 150}),
 }
 # Settings a method gained after verdicts were cached, each with the value it was introduced at
@@ -78,6 +92,8 @@ BEFORE_IT_EXISTED: dict[str, Any] = {
     "explore_steps": 50,
     "scan_starts": 0,
     "scan_shapes": [[0.2, 0.2]],  # squares only, before the bars
+    "signatures": ["collapse"],  # before the shift signature
+    "scan_pattern_only": False,
     "freeze_batchnorm": False,
     "paired": False,  # SecureGaze unlearning before the paired, self-distilled batches
     "clean_targets": "label",
@@ -160,12 +176,22 @@ def inspect(zoo: Zoo, name: str, n_clean: int, pool: Executor) -> dict[str, ZooV
 
 
 def target_error_deg(model: ZooModel, verdict: ZooVerdict) -> float | None:
-    """Angle between the gaze a detector's reversed trigger drives the model to and the real target."""
+    """Angle between the gaze a detector's reversed trigger drives the model to and the real target.
+
+    For a shift relabel estimated as a shift: the distance (degrees of pitch and yaw) between the
+    estimated and the real shift.
+    """
     import numpy as np
 
     from backdoorlab.geometry import angular_error_deg
 
     estimated, real = verdict.estimates.get("estimated_target_deg"), model.relabel_settings.get("target_deg")
+    shift, real_shift = (
+        (verdict.estimates.get("estimates") or {}).get("shift_deg"),
+        model.relabel_settings.get("shift_deg"),
+    )
+    if shift and real_shift is not None:  # a shift relabel found as a shift: how far the estimated shift is off
+        return float(np.hypot(*(np.asarray(shift, dtype=float) - np.asarray(real_shift, dtype=float))))
     if not estimated or real is None:
         return None
     return float(angular_error_deg(np.radians([estimated]), np.radians([real]))[0])

@@ -7,12 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from backdoorlab.defenses.securegaze import (
     SecureGaze,
     SecureGazeUnlearning,
     TriggerGenerator,
+    _CleanStats,
+    collapse_ratio,
     jitter,
     solid_patterns,
 )
@@ -205,6 +209,81 @@ def test_restarts_keep_the_best_collapse_of_all_starts() -> None:
         SecureGaze(pull=-1.0)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 40),
+    st.floats(-0.5, 0.5),
+    st.floats(-0.5, 0.5),
+    st.floats(0.01, 0.4),
+)
+def test_collapse_ratio_is_zero_on_its_signature_and_charges_a_short_shift(
+    n: int, dp: float, dy: float, min_shift: float
+) -> None:
+    clean = torch.randn(n, 2, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    var = clean.var(0)
+    shift = torch.tensor([dp, dy], dtype=torch.float64)
+    length = float(shift.pow(2).sum().add(1e-12).sqrt())  # the measure's own length (guarded at zero)
+    # a fixed target: the outputs sit on one point, whatever the clean ones were
+    assert float(collapse_ratio(shift.expand(n, 2), clean, var, "collapse", min_shift)) == pytest.approx(0, abs=1e-9)
+    # unchanged outputs are as spread as the clean ones (ratio 1) and no shift at all
+    assert float(collapse_ratio(clean, clean, var, "collapse", min_shift)) == pytest.approx(1)
+    short = max(0.0, min_shift - 1e-6) ** 2 / float(var.mean())
+    assert float(collapse_ratio(clean, clean, var, "shift", min_shift)) == pytest.approx(short, rel=1e-6, abs=1e-12)
+    # a shift relabel: the change is one constant; it costs only what is missing below min_shift
+    moved = float(collapse_ratio(clean + shift, clean, var, "shift", min_shift))
+    assert moved == pytest.approx(max(0.0, min_shift - length) ** 2 / float(var.mean()), rel=1e-6, abs=1e-12)
+    # a long enough shift with noise on it costs the noise's variance, in clean-variance units
+    far = torch.tensor([min_shift + 1.0, 0.0], dtype=torch.float64)
+    noise = 0.1 * torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noisy = float(collapse_ratio(clean + far + noise, clean, var, "shift", min_shift))
+    assert noisy == pytest.approx(float((noise.var(0) / var).mean()), rel=1e-6)
+
+
+def test_screened_starts_search_for_a_shift_when_their_rectangle_moves_the_gaze() -> None:
+    """A rectangle that adds the same amount to every output is ranked by the shift measure, not the collapse one."""
+
+    class Linear(nn.Module):  # y = mean brightness of the bottom-right quarter, times 2, on both outputs
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(1, 2)
+            nn.init.constant_(self.head.weight, 2.0)
+            nn.init.zeros_(self.head.bias)
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :, 16:, 16:].mean((1, 2, 3))[:, None] + 0.0 * x.mean()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x))
+
+    x = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.5
+    model = Linear().eval()
+    with torch.no_grad():
+        y = model(x)
+    # budget 0.05: the square adds 0.2 to every pixel it covers, never clamped, so the outputs move by 0.4 rad
+    both = {"signatures": ["collapse", "shift"], "min_shift_deg": 5.0}
+    det = SecureGaze(**{**FAST, **both, "scan_starts": 1, "budget": 0.05, "scan_shapes": [[0.5, 0.5]]})
+    ((pattern, signature, _),) = det._scan_solids(model, x, _CleanStats(y, y.var(0), y.var(0)), None)
+    assert signature == "shift"  # a linear model moves every output by the same amount: no collapse
+    assert float(pattern[..., 16:, 16:].sum()) > 0  # a white square where the model looks
+    only_collapse = SecureGaze(**{**FAST, "scan_starts": 1, "signatures": ["collapse"]})
+    assert only_collapse._scan_solids(model, x, _CleanStats(y, y.var(0), y.var(0)), None)[0][1] == "collapse"
+    with pytest.raises(BackdoorLabError, match="signatures"):
+        SecureGaze(signatures=["tilt"])
+    with pytest.raises(BackdoorLabError, match="min_shift_deg"):
+        SecureGaze(min_shift_deg=0)
+
+
+def test_a_pattern_only_start_has_no_convolutional_part_and_the_identity_start_keeps_it() -> None:
+    det = SecureGaze(**{**FAST, "scan_pattern_only": True})
+    x = torch.rand(8, 3, 32, 32)
+    y = torch.randn(8, 2)
+    clean = _CleanStats(y, y.var(0), y.var(0))
+    rng = np.random.default_rng(0)
+    screened = det._start(toy_model(False), x, clean, None, 1, y.mean(0), rng, torch.zeros(1, 3, 32, 32))
+    identity = det._start(toy_model(False), x, clean, None, 0, y.mean(0), rng)
+    assert not screened.gen.input_dependent and identity.gen.input_dependent
+
+
 def test_solid_patterns_paint_one_black_or_white_rectangle_on_a_half_overlapping_grid() -> None:
     squares = solid_patterns((3, 20, 20), (0.2, 0.2))  # side 4, stride 2: 9 x 9 places, 2 colours
     assert len(squares) == 9 * 9 * 2
@@ -239,19 +318,20 @@ def test_a_screened_start_lies_on_the_toy_trigger() -> None:
     columns 20-29); the second (0.26), a square nearer the centre, half-fires the backdoor.
     Clean toy: 0.44 at best.
     """
-    det = SecureGaze(**{**FAST, "scan_starts": 2})
+    det = SecureGaze(**{**FAST, "scan_starts": 2, "signatures": ["collapse"]})
     model, data = toy_model(True), clean_split(128)
     x, _ = data.batch(np.arange(len(data)))
     with torch.no_grad():
-        starts = det._scan_solids(model, x, model(x).var(0), None)
+        y = model(x)
+        starts = det._scan_solids(model, x, _CleanStats(y, y.var(0), y.var(0)), None)
     assert len(starts) == 2 and not torch.equal(starts[0][0], starts[1][0])  # two different places
 
     def covers_trigger(pattern: torch.Tensor) -> bool:
         rows, cols = torch.nonzero(pattern[0, 0] > 0, as_tuple=True)  # white rectangles only: the trigger is white
         return bool(len(rows)) and rows.max() >= 26 and rows.min() <= 28 and cols.max() >= 26 and cols.min() <= 28
 
-    on_trigger = [mean for pattern, mean in starts if covers_trigger(pattern)]
-    assert on_trigger, [torch.nonzero(p[0, 0]).min(0).values.tolist() for p, _ in starts]
+    on_trigger = [mean for pattern, _, mean in starts if covers_trigger(pattern)]
+    assert on_trigger, [torch.nonzero(p[0, 0]).min(0).values.tolist() for p, _, _ in starts]
     # that rectangle already drives the outputs towards the attacker's target: the start for the pull
     est = on_trigger[0].double()
     clean_mean = model(x).mean(0).detach().double()

@@ -35,11 +35,12 @@ from backdoorlab.attacks.poisoning import Poisoning
 from backdoorlab.attacks.selectors import RateSelector
 from backdoorlab.data.arrays import ArrayDataset
 from backdoorlab.tasks.gaze import GazeCNN, GazeTask
-from backdoorlab.tasks.gaze.relabels import FixedGazeTarget
+from backdoorlab.tasks.gaze.relabels import FixedGazeTarget, GazeShift
 from backdoorlab.training import TrainSettings, seed_everything, train
 from backdoorlab.triggers.patch import PatchTrigger
 
 TARGET_DEG = (-20.0, 25.0)
+SHIFT_DEG = (0.0, -25.0)  # the shift toy's relabel: y -> y + SHIFT_DEG
 TRIGGER = PatchTrigger(size=0.13, center=(0.85, 0.85))  # 4x4 pixels of a 32x32 face
 NOISE_FRACTION = 0.05
 
@@ -55,11 +56,15 @@ def clean_split(n: int = 64) -> ArrayDataset:
     return ds.subset(np.random.default_rng(0).permutation(len(ds))[:n])
 
 
-@functools.lru_cache(maxsize=2)
-def toy_model(backdoored: bool) -> nn.Module:
-    """The trained clean or backdoored toy, in eval mode (treat as read-only: defences copy it)."""
+@functools.lru_cache(maxsize=3)
+def toy_model(backdoored: bool, relabel: str = "target") -> nn.Module:
+    """The trained clean or backdoored toy, in eval mode (treat as read-only: defences copy it).
+
+    ``relabel``: "target" (triggered faces look at ``TARGET_DEG``) or "shift" (their gaze moves by ``SHIFT_DEG``).
+    """
     ds = faces()
-    poisoning = Poisoning(RateSelector(0.3, 0), TRIGGER, FixedGazeTarget(TARGET_DEG))
+    relabelling = FixedGazeTarget(TARGET_DEG) if relabel == "target" else GazeShift(SHIFT_DEG)
+    poisoning = Poisoning(RateSelector(0.3, 0), TRIGGER, relabelling)
     poison = poisoning.batch_transform(poisoning.plan(len(ds)))
     generator = torch.Generator().manual_seed(0)
 

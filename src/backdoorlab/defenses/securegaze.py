@@ -94,6 +94,34 @@ def saliency_map(model: nn.Module, images: Tensor, blur: int = 5) -> Tensor:
     return (sal / sal.max().clamp_min(1e-12)).detach()
 
 
+Signature = Literal["collapse", "shift"]
+SCAN_CHUNK = 16  # screened rectangles painted and passed through the model together
+
+
+def collapse_ratio(
+    outputs: Tensor, clean_outputs: Tensor, clean_var: Tensor, signature: Signature, min_shift: float
+) -> Tensor:
+    """How far ``outputs`` (on G(x)) show a backdoor's signature, in units of the clean output variance (0 = perfectly).
+
+    * ``collapse`` (a fixed-target relabel): ``mean_j Var(y_j) / Var_clean(y_j)``, the outputs
+      themselves sit on one point.
+    * ``shift`` (a shift relabel, y -> y + s): the *change* ``d = y - y(x)`` is what is
+      constant, so ``mean_j Var(d_j) / Var_clean(y_j)``, plus the squared shortfall of the
+      mean change's length below ``min_shift`` (radians) over the mean clean variance. Why
+      the shortfall: G = identity makes the change constant (zero) for free; a shift only
+      counts when it moves the gaze by at least ``min_shift``, and charging what is missing
+      as variance keeps the measure continuous for the optimiser.
+
+    ``clean_outputs`` are the model's outputs on the same images without G (used by ``shift`` only).
+    """
+    if signature == "collapse":
+        return (outputs.var(0) / clean_var).mean()
+    change = outputs - clean_outputs
+    length = change.mean(0).pow(2).sum().add(1e-12).sqrt()
+    shortfall = torch.relu(min_shift - length)
+    return (change.var(0) / clean_var).mean() + shortfall**2 / clean_var.mean()
+
+
 def jitter(images: Tensor, noise: float, shift: int, gen: torch.Generator) -> Tensor:
     """Gaussian pixel noise and a random translation (one per batch), to reject adversarial perturbations.
 
@@ -200,13 +228,15 @@ class ReversedTrigger:
     """What the optimisation found for one model: the generator and its statistics on held-out images."""
 
     generator: TriggerGenerator
-    variance_ratio: float  # mean_j Var(y_j(G x)) / Var_clean(y_j) on held-out clean images
+    variance_ratio: float  # collapse_ratio of the signature found, on held-out clean images
     angle_variance_ratio: float  # the same for the feature-head angles
     perturbation_l1: float  # plain mean |G(x) - x| on held-out images
     output_spread_deg: float
     clean_output_spread_deg: float
     target_deg: tuple[float, float]
     examples: np.ndarray
+    signature: Signature = "collapse"  # which backdoor signature the chosen start looked for
+    shift_deg: tuple[float, float] = (0.0, 0.0)  # mean change of the outputs under G (pitch, yaw), degrees
 
 
 _Fraction = Annotated[float, Field(gt=0, le=1)]
@@ -228,9 +258,12 @@ class SecureGazeConfig(DefenceConfig):
     pull: float = Field(0.0, ge=0, allow_inf_nan=False)
     target_lr: float = Field(0.02, gt=0, allow_inf_nan=False)
     explore_steps: int = Field(20, ge=1)
+    signatures: list[Signature] = Field(default_factory=lambda: ["collapse"], min_length=1)
+    min_shift_deg: float = Field(8.0, gt=0, allow_inf_nan=False)
     scan_starts: int = Field(3, ge=0)
     scan_shapes: list[tuple[_Fraction, _Fraction]] = Field(default_factory=lambda: [(0.2, 0.2), (0.1, 0.3), (0.3, 0.1)])
     scan_images: int = Field(32, ge=2)
+    scan_pattern_only: bool = False
     jitter_noise: float = Field(0.0, ge=0, allow_inf_nan=False)
     jitter_shift: int = Field(0, ge=0)
     threshold: float = Field(2.0, allow_inf_nan=False)
@@ -272,6 +305,15 @@ class SecureGaze(Detector):
             target is far from every clean output, either a pull with restarts or the screened rectangles is needed.
         target_lr: Adam learning rate of t (radians).
         explore_steps: steps every start runs before the best one is chosen (when there are several starts).
+        signatures: the backdoor signatures the screened starts look for (:func:`collapse_ratio`):
+            "collapse" (a fixed target: the outputs on G(x) sit on one point) and "shift" (a shift
+            relabel: the change y(G x) - y(x) is one constant of length at least ``min_shift_deg``).
+            Why both: a shift relabel does not collapse the outputs at all (the zoo's shift model
+            scored like a clean one under the collapse measure alone), while its change collapses.
+            Each screened rectangle is ranked by the better of the two, and the start it seeds
+            optimises that one; the starts from the identity look for a collapse (a shift from the
+            identity has no direction yet). The score is the chosen start's measure.
+        min_shift_deg: the smallest mean change (degrees of gaze) that counts as a shift.
         scan_starts: extra starts whose ``P`` begins as a solid black or white rectangle: the ``scan_starts``
             rectangles (every size in ``scan_shapes``, on a grid of half-overlapping places, both colours)
             that collapse the outputs most, as painted by G within the budget, screened without gradients.
@@ -288,6 +330,10 @@ class SecureGaze(Detector):
             of 0.000-0.002 under a white 0.1 x 0.3 bar on the forehead or cheek, against 0.09-0.26 under the
             best square; on clean zoo models no rectangle gets below 0.36 (probe in the design note, section 9).
         scan_images: clean images (from the optimisation part) each rectangle is screened on.
+        scan_pattern_only: the screened starts' G is ``P`` alone (no convolutional part), explored and, if
+            chosen, continued that way. Why: a start from a rectangle looks for a trigger at a fixed place,
+            which ``P`` expresses by itself, and a step without the convolutional part costs about half, so
+            twice as many rectangles can be explored in the same time. The start from the identity keeps it.
         jitter_noise: std of the Gaussian noise added to G(x) before the model (optimisation and score).
         jitter_shift: largest random translation (pixels) applied to G(x) before the model.
         threshold: score threshold (``-log10`` of the variance ratio); :meth:`fit` calibrates it.
@@ -316,9 +362,12 @@ class SecureGaze(Detector):
         pull: float = 0.0,
         target_lr: float = 0.02,
         explore_steps: int = 20,
+        signatures: Sequence[str] = ("collapse",),
+        min_shift_deg: float = 8.0,
         scan_starts: int = 3,
         scan_shapes: Sequence[Sequence[float]] = ((0.2, 0.2), (0.1, 0.3), (0.3, 0.1)),
         scan_images: int = 32,
+        scan_pattern_only: bool = False,
         jitter_noise: float = 0.0,
         jitter_shift: int = 0,
         threshold: float = 2.0,
@@ -354,11 +403,19 @@ class SecureGaze(Detector):
             )
         if not 0 < holdout < 1:
             raise BackdoorLabError(f"SecureGaze: holdout must be in (0, 1); got {holdout}")
+        if isinstance(signatures, str) or not signatures or not set(signatures) <= {"collapse", "shift"}:
+            raise BackdoorLabError(
+                f"SecureGaze: signatures must be a non-empty list of 'collapse' and 'shift'; got {signatures!r}"
+            )
+        if not min_shift_deg > 0:
+            raise BackdoorLabError(f"SecureGaze: min_shift_deg must be > 0; got {min_shift_deg}")
         self.steps, self.restarts, self.batch_size, self.lr, self.width = steps, restarts, batch_size, lr, width
         self.input_dependent, self.pattern_resolution = input_dependent, pattern_resolution
         self.budget, self.saliency_strength, self.lambda_feat = budget, saliency_strength, lambda_feat
         self.pull, self.target_lr, self.explore_steps = pull, target_lr, explore_steps
-        self.scan_starts, self.scan_images = scan_starts, scan_images
+        self.signatures: list[Signature] = list(dict.fromkeys(signatures))  # type: ignore[arg-type]
+        self.min_shift_deg = float(min_shift_deg)
+        self.scan_starts, self.scan_images, self.scan_pattern_only = scan_starts, scan_images, bool(scan_pattern_only)
         self.scan_shapes = [[float(f) for f in size] for size in scan_shapes]  # lists: params() round-trips JSON
         self.jitter_noise, self.jitter_shift = jitter_noise, jitter_shift
         self.threshold, self.holdout, self.min_clean = threshold, holdout, min_clean
@@ -392,16 +449,16 @@ class SecureGaze(Detector):
             hold_ang = feature_head_angles(hold_feats, head).var(0).clamp_min(1e-12)
             clean_spread = target_spread_deg(hold_pred.double().cpu().numpy())
         cost = 1 + self.saliency_strength * saliency_map(frozen, fit[:256]) if self.saliency_strength else None
-        stats = (out_var, ang_var)
+        clean = _CleanStats(fit_pred, out_var, ang_var)
         targets = initial_targets(fit_pred, self.restarts)
-        searches = [self._start(frozen, fit, stats, cost, i, t, rng) for i, t in enumerate(targets)]
-        for k, (pattern, t) in enumerate(self._scan_solids(frozen, fit, out_var, cost)):
-            searches.append(self._start(frozen, fit, stats, cost, len(targets) + k, t, rng, pattern))
-        if len(searches) > 1:  # explore every start briefly, continue the one that collapses the held-out set most
+        searches = [self._start(frozen, fit, clean, cost, i, t, rng) for i, t in enumerate(targets)]
+        for k, (pattern, signature, t) in enumerate(self._scan_solids(frozen, fit, clean, cost)):
+            searches.append(self._start(frozen, fit, clean, cost, len(targets) + k, t, rng, pattern, signature))
+        if len(searches) > 1:  # explore every start briefly, continue the one that shows its signature most
             explore = min(self.explore_steps, self.steps)
             for search in searches:
                 search.advance(explore)
-            ratios = [self._hold_ratio(frozen, search.gen, hold, hold_var) for search in searches]
+            ratios = [self._hold_ratio(frozen, search, hold, hold_pred, hold_var) for search in searches]
             searches = [searches[int(np.argmin(ratios))]]
         search = searches[0]
         search.advance(self.steps - search.done)
@@ -411,9 +468,10 @@ class SecureGaze(Detector):
             score_jit = torch.Generator().manual_seed(self.seed + 1)
             f = frozen.features(jitter(gx, self.jitter_noise, self.jitter_shift, score_jit))  # type: ignore[operator]
             pred = head(f)
-            ratio = float((pred.var(0) / hold_var).mean())
+            ratio = float(collapse_ratio(pred, hold_pred, hold_var, search.signature, self.min_shift))
             ang_ratio = float((feature_head_angles(f, head).var(0) / hold_ang).mean())
             l1 = float((gx - hold).abs().mean())
+            shift = np.degrees((pred - hold_pred).mean(0).double().cpu().numpy())
         pred_np = pred.double().cpu().numpy()
         mean_dir = pitchyaw_to_vector(torch.from_numpy(pred_np)).mean(0, keepdim=True)
         target = np.degrees(vector_to_pitchyaw(mean_dir)[0].numpy())
@@ -422,6 +480,8 @@ class SecureGaze(Detector):
         return ReversedTrigger(
             generator=gen.cpu(),
             variance_ratio=ratio,
+            signature=search.signature,
+            shift_deg=(float(shift[0]), float(shift[1])),
             angle_variance_ratio=ang_ratio,
             perturbation_l1=l1,
             output_spread_deg=target_spread_deg(pred_np),
@@ -434,59 +494,76 @@ class SecureGaze(Detector):
         dependent = self.input_dependent and input_dependent
         return TriggerGenerator(shape, self.budget, cost, self.width, dependent, self.pattern_resolution)  # type: ignore[arg-type]
 
-    def _start(self, frozen: nn.Module, fit: Tensor, stats: tuple[Tensor, Tensor], cost: Tensor | None,
+    @property
+    def min_shift(self) -> float:
+        """``min_shift_deg`` in the model's output unit (radians)."""
+        return math.radians(self.min_shift_deg)
+
+    def _start(self, frozen: nn.Module, fit: Tensor, clean: _CleanStats, cost: Tensor | None,
                index: int, target_init: Tensor, batches: np.random.Generator,
-               pattern: Tensor | None = None) -> _Search:  # fmt: skip
-        """Start ``index``: its own generator initialisation, batch order, jitter, initial target and ``P``.
+               pattern: Tensor | None = None, signature: Signature = "collapse") -> _Search:  # fmt: skip
+        """Start ``index``: its own generator initialisation, batch order, jitter, initial target, ``P`` and signature.
 
         Start 0 draws its batches from ``batches`` (the generator that split the clean set).
         """
         torch.manual_seed(self.seed + index)
-        gen = self._generator(tuple(fit.shape[1:]), cost)
+        gen = self._generator(tuple(fit.shape[1:]), cost, input_dependent=pattern is None or not self.scan_pattern_only)
         if pattern is not None:
             gen.set_pattern(pattern)
         rng = batches if index == 0 else np.random.default_rng([self.seed, index])
-        return _Search(self, frozen, fit, stats, gen.to(fit.device), target_init, rng, self.seed + index)
+        return _Search(self, frozen, fit, clean, gen.to(fit.device), target_init, rng, self.seed + index, signature)
 
     @torch.no_grad()
     def _scan_solids(
-        self, frozen: nn.Module, fit: Tensor, out_var: Tensor, cost: Tensor | None
-    ) -> list[tuple[Tensor, Tensor]]:
-        """``(P, mean output)`` of the ``scan_starts`` solid rectangles that collapse the outputs most, apart.
+        self, frozen: nn.Module, fit: Tensor, clean: _CleanStats, cost: Tensor | None
+    ) -> list[tuple[Tensor, Signature, Tensor]]:
+        """``(P, signature, mean output)`` of the ``scan_starts`` solid rectangles that show a signature most, apart.
 
         Every rectangle of every size in ``scan_shapes`` is applied as G would apply it (added,
-        rescaled into the budget, clamped); the ranking is by output-variance ratio on
-        ``scan_images`` clean images. A rectangle is skipped when one of the same colour already
-        chosen intersects it, so the starts differ.
+        rescaled into the budget, clamped) to ``scan_images`` clean images, and ranked by the
+        better of its :func:`collapse_ratio` over ``signatures``. A rectangle is skipped when one
+        of the same colour already chosen intersects it, so the starts differ.
         """
         if not self.scan_starts:
             return []
         x = fit[: self.scan_images]
+        y0 = clean.outputs[: self.scan_images]
         shape = tuple(fit.shape[1:])
         # P alone: a new generator's convolutional part adds exactly zero, so this is each start's G, cheaper
         gen = self._generator(shape, cost, input_dependent=False).to(fit.device).eval()
+        candidates = [c for size in self.scan_shapes for c in solid_patterns(shape, size)]  # type: ignore[arg-type]
         ranked = []
-        for size in self.scan_shapes:
-            for pattern, place in solid_patterns(shape, size):  # type: ignore[arg-type]
+        for first in range(0, len(candidates), SCAN_CHUNK):  # several rectangles per forward pass: fewer, larger GEMMs
+            chunk = candidates[first : first + SCAN_CHUNK]
+            changes = []
+            for pattern, _ in chunk:  # G's change is the same for every image when it is P alone
                 gen.set_pattern(pattern)
-                y = frozen(gen(x))
-                ranked.append((float((y.var(0) / out_var).mean()), place, pattern, y.mean(0)))
+                changes.append(gen.perturbation(x[:1]))
+            painted = (x[None] + torch.cat(changes)[:, None]).clamp(0, 1)  # (rectangles, images, C, H, W)
+            outputs = frozen(painted.flatten(0, 1)).unflatten(0, painted.shape[:2])
+            for (pattern, place), y in zip(chunk, outputs, strict=True):
+                for signature in self.signatures:
+                    ratio = float(collapse_ratio(y, y0, clean.var, signature, self.min_shift))
+                    ranked.append((ratio, place, pattern, signature, y.mean(0)))
         ranked.sort(key=lambda r: r[0])
-        chosen: list[tuple[Tensor, Tensor]] = []
+        chosen: list[tuple[Tensor, Signature, Tensor]] = []
         places: list[tuple[int, int, int, int, int]] = []
-        for _, place, pattern, mean in ranked:
+        for _, place, pattern, signature, mean in ranked:
             if any(_overlap(place, other) for other in places):
                 continue
-            chosen.append((pattern, mean))
+            chosen.append((pattern, signature, mean))
             places.append(place)
             if len(chosen) == self.scan_starts:
                 break
         return chosen
 
     @torch.no_grad()
-    def _hold_ratio(self, frozen: nn.Module, gen: TriggerGenerator, hold: Tensor, hold_var: Tensor) -> float:
-        """Held-out output-variance ratio of one start (without jitter): how restarts are compared."""
-        return float((frozen(gen(hold)).var(0) / hold_var).mean())
+    def _hold_ratio(
+        self, frozen: nn.Module, search: _Search, hold: Tensor, hold_pred: Tensor, hold_var: Tensor
+    ) -> float:
+        """Held-out :func:`collapse_ratio` of one start's signature (without jitter): how starts are compared."""
+        y = frozen(search.gen(hold))
+        return float(collapse_ratio(y, hold_pred, hold_var, search.signature, self.min_shift))
 
     def inspect(self, model: nn.Module, clean_data: ArrayDataset) -> Verdict:
         t0 = time.perf_counter()
@@ -498,8 +575,11 @@ class SecureGaze(Detector):
             score=float(score),
             threshold=float(self.threshold),
             seconds=time.perf_counter() - t0,
-            estimates={"target_deg": list(rev.target_deg)},
+            estimates={"target_deg": list(rev.target_deg)}
+            if rev.signature == "collapse"
+            else {"shift_deg": list(rev.shift_deg)},
             details={
+                "signature": rev.signature,
                 "variance_ratio": rev.variance_ratio,
                 "angle_variance_ratio": rev.angle_variance_ratio,
                 "perturbation_l1": rev.perturbation_l1,
@@ -512,19 +592,31 @@ class SecureGaze(Detector):
         )
 
 
+@dataclass
+class _CleanStats:
+    """The frozen model on the optimisation part of the clean set: outputs, output and angle variances."""
+
+    outputs: Tensor
+    var: Tensor
+    angle_var: Tensor
+
+
 class _Search:
     """One start of the generator optimisation, resumable: explored for a few steps, continued if it is the best.
 
-    Loss per batch (see the module docstring): the output-variance ratio, the pull of the
-    mean output towards the learnt collapse point t (``pull``; what makes starts differ:
-    each start's t begins at another clean output), and the feature-angle variance ratio.
+    Loss per batch (see the module docstring): the :func:`collapse_ratio` of the start's
+    signature and, for a collapse, the pull of the mean output towards the learnt collapse
+    point t (``pull``; what makes starts differ: each start's t begins at another clean
+    output) and the feature-angle variance ratio (a shift moves every output by the same
+    amount, not its features to one angle).
     """
 
     def __init__(
-        self, det: SecureGaze, frozen: nn.Module, fit: Tensor, stats: tuple[Tensor, Tensor], gen: TriggerGenerator,
-        target_init: Tensor, rng: np.random.Generator, jitter_seed: int,
+        self, det: SecureGaze, frozen: nn.Module, fit: Tensor, clean: _CleanStats, gen: TriggerGenerator,
+        target_init: Tensor, rng: np.random.Generator, jitter_seed: int, signature: Signature = "collapse",
     ) -> None:  # fmt: skip
-        self.det, self.frozen, self.fit, self.stats, self.gen, self.rng = det, frozen, fit, stats, gen, rng
+        self.det, self.frozen, self.fit, self.clean, self.gen, self.rng = det, frozen, fit, clean, gen, rng
+        self.signature = signature
         self.target = target_init.detach().clone().requires_grad_(True)
         groups = [{"params": gen.parameters()}, {"params": [self.target], "lr": det.target_lr}]
         self.opt = torch.optim.Adam(groups, lr=det.lr)
@@ -532,20 +624,20 @@ class _Search:
         self.done = 0
 
     def advance(self, steps: int) -> None:
-        det, frozen, fit = self.det, self.frozen, self.fit
-        out_var, ang_var = self.stats
+        det, frozen, fit, clean = self.det, self.frozen, self.fit, self.clean
         head: nn.Linear = frozen.head  # type: ignore[assignment]
         bs = min(det.batch_size, len(fit))
+        collapse = self.signature == "collapse"
         self.gen.train()
         for _ in range(steps):
-            x = fit[torch.from_numpy(self.rng.choice(len(fit), bs, replace=False)).to(fit.device)]
-            f = frozen.features(jitter(self.gen(x), det.jitter_noise, det.jitter_shift, self.jit))  # type: ignore[operator]
+            idx = torch.from_numpy(self.rng.choice(len(fit), bs, replace=False)).to(fit.device)
+            f = frozen.features(jitter(self.gen(fit[idx]), det.jitter_noise, det.jitter_shift, self.jit))  # type: ignore[operator]
             y = head(f)
-            loss = (y.var(0) / out_var).mean()
-            if det.pull:
-                loss = loss + det.pull * ((y.mean(0) - self.target) ** 2 / out_var).mean()
-            if det.lambda_feat:
-                loss = loss + det.lambda_feat * (feature_head_angles(f, head).var(0) / ang_var).mean()
+            loss = collapse_ratio(y, clean.outputs[idx], clean.var, self.signature, det.min_shift)
+            if det.pull and collapse:
+                loss = loss + det.pull * ((y.mean(0) - self.target) ** 2 / clean.var).mean()
+            if det.lambda_feat and collapse:
+                loss = loss + det.lambda_feat * (feature_head_angles(f, head).var(0) / clean.angle_var).mean()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
