@@ -308,11 +308,14 @@ class SecureGaze(Detector):
         signatures: the backdoor signatures the screened starts look for (:func:`collapse_ratio`):
             "collapse" (a fixed target: the outputs on G(x) sit on one point) and "shift" (a shift
             relabel: the change y(G x) - y(x) is one constant of length at least ``min_shift_deg``).
-            Why both: a shift relabel does not collapse the outputs at all (the zoo's shift model
-            scored like a clean one under the collapse measure alone), while its change collapses.
+            Why a shift measure: a shift relabel does not collapse the outputs at all (the zoo's shift
+            model scored like a clean one under the collapse measure alone), while its change does.
             Each screened rectangle is ranked by the better of the two, and the start it seeds
             optimises that one; the starts from the identity look for a collapse (a shift from the
-            identity has no direction yet). The score is the chosen start's measure.
+            identity has no direction yet). The score is the chosen start's measure. Default: the
+            collapse alone. Measured (docs/defences/securegaze.md, hardening): the shift measure did
+            not find the two partly learned shift triggers it was tried on, because a universal
+            perturbation moves a nearly linear clean model's outputs by a nearly constant amount too.
         min_shift_deg: the smallest mean change (degrees of gaze) that counts as a shift.
         scan_starts: extra starts whose ``P`` begins as a solid black or white rectangle: the ``scan_starts``
             rectangles (every size in ``scan_shapes``, on a grid of half-overlapping places, both colours)
