@@ -113,7 +113,12 @@ def test_state_dict_round_trips_through_safetensors(tmp_path) -> None:
         save_file(model.state_dict(), str(path))
         loaded = GaussianMixture.from_state_dict(load_file(str(path)))
         assert loaded.covariance_type == covariance_type
-        np.testing.assert_array_equal(loaded.score_samples(test), model.score_samples(test))
+        saved, back = model.state_dict(), loaded.state_dict()
+        assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)  # bit for bit
+        # the scores agree to rounding only: with the very same parameters, the loaded copy's scores differed
+        # in the last bit on an Intel Xeon (45% of them, at most 1.4e-14; the code before this stop too),
+        # likely MKL's float64 kernels taking another vector path for tensors read from the file
+        np.testing.assert_allclose(loaded.score_samples(test), model.score_samples(test), rtol=1e-12, atol=0)
 
 
 # ----------------------------------------------------------------------------- fitting = sklearn's quality
