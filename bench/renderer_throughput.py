@@ -17,7 +17,6 @@ Numbers, all measured in this run:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ def main() -> None:
         "end_to_end_images": spec.n_images,
         "size": 64,
         "threads": torch.get_num_threads(),
-        "workers": min(os.cpu_count() or 1, synth.MAX_WORKERS),  # rendering threads (eager)
+        "workers": synth.default_workers(),  # rendering threads (eager)
         "worker_kind": "threads",  # results before 2026-12-03 rendered on one process per core
     }
     write_result("renderer_throughput", row)

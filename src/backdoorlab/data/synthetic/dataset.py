@@ -98,6 +98,16 @@ def view_params(spec: SyntheticGazeSpec, identity: int) -> ImageParams:
 Block = tuple[int, int, int]  # (identity, first image, end image)
 
 
+def default_workers() -> int:
+    """Rendering threads by default: torch's thread budget of this process, up to ``MAX_WORKERS``.
+
+    Why torch's budget and not the core count: a sweep gives each run a share of the cores
+    (its torch threads), and a process pinned to fewer cores than the machine has must not
+    start a thread per core.
+    """
+    return max(1, min(torch.get_num_threads(), MAX_WORKERS))
+
+
 def synthesize(
     spec: SyntheticGazeSpec,
     compile: bool | Literal["auto"] = "auto",
@@ -106,7 +116,7 @@ def synthesize(
 ) -> ArrayDataset:
     """Render the dataset described by ``spec`` in memory.
 
-    ``workers`` threads (default: one per core, up to ``MAX_WORKERS``) render the
+    ``workers`` threads (default: :func:`default_workers`) render the
     batches eagerly, each with one torch thread; compiled rendering runs in this thread
     alone, with all of torch's threads (compiling from several threads at once is not
     safe). The bytes do not depend on ``workers``: every batch is the same whoever
@@ -115,7 +125,7 @@ def synthesize(
     use_compile = spec.n_images >= COMPILE_MIN_IMAGES if compile == "auto" else bool(compile)
     batches = _batches(spec)
     if workers is None:
-        workers = min(os.cpu_count() or 1, MAX_WORKERS)
+        workers = default_workers()
     workers = 1 if use_compile else max(1, min(workers, len(batches)))
     fn = _render_faces_fn(use_compile)
     h, w = (spec.size, spec.size) if spec.kind == "face" else (spec.eye_height, spec.eye_width)
