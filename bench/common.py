@@ -39,10 +39,10 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``bench/results/NAME.json`` atomically."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict[str, Any], folder: Path = RESULTS) -> Path:
+    """Write ``FOLDER/NAME.json`` atomically (``bench/results`` unless a caller, such as a test, names another)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.json"
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({**payload, "provenance": provenance()}, indent=2, sort_keys=True))
     tmp.replace(out)

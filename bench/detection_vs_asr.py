@@ -33,8 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import common  # noqa: E402
 from common import RESULTS, write_result  # noqa: E402
+
+from backdoorlab.metrics.detection import auroc as detection_auroc  # noqa: E402
 
 DEFAULT_INPUTS = ("detect_zoo", "detect_zoo_holdout")
 ASR_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -52,14 +52,14 @@ ASR_BINS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.8), (0.8, 0.95), (0.95, 1.0))  # t
 
 
 def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float | None:
-    """P(positive score > negative score), ties counted half (the Mann-Whitney U statistic); None if a side is empty."""
+    """:func:`backdoorlab.metrics.detection.auroc` of two score lists; None if a side is empty (a curve point
+    above every model's ASR has no backdoored model left)."""
     pos = np.asarray(positives, dtype=np.float64).reshape(-1)
     neg = np.asarray(negatives, dtype=np.float64).reshape(-1)
     if pos.size == 0 or neg.size == 0:
         return None
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+    labels = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
+    return detection_auroc(np.concatenate([pos, neg]), labels)
 
 
 def asr_bin(asr: float, bins: Sequence[tuple[float, float]] = ASR_BINS) -> int | None:
@@ -305,17 +305,6 @@ def draw(pooled: dict[str, Any], summary: dict[str, Any], method: str, out: Path
     return out
 
 
-@contextmanager
-def results_folder(folder: Path) -> Iterator[None]:
-    """Point ``common.write_result`` at ``folder`` for the duration (``common`` itself is left as it is)."""
-    saved = common.RESULTS
-    common.RESULTS = folder
-    try:
-        yield
-    finally:
-        common.RESULTS = saved
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="securegaze")
@@ -351,8 +340,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "figure": str(figure.relative_to(HERE.parent)) if figure.is_relative_to(HERE.parent) else str(figure),
         "points": pooled["backdoored"] + pooled["clean"],
     }
-    with results_folder(args.results_dir):
-        out = write_result(args.out, record)
+    out = write_result(args.out, record, args.results_dir)
     print(table(summary))
     print()
     print(summary_line(args.method, summary))
